@@ -1,0 +1,1 @@
+"""Runnable examples of sidecars; each one is exercised by a test in ``tests/examples``."""

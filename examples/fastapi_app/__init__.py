@@ -1,0 +1,95 @@
+"""A small FastAPI app whose background work runs as sidecars in its own lifespan.
+
+Needs: ``pip install -e '.[examples]'`` (FastAPI and uvicorn).
+Run:   ``uvicorn examples.fastapi_app:app``  (then ``curl -X POST localhost:8000/signup
+-H 'content-type: application/json' -d '{"email": "ada@example.com"}'``)
+
+Files are written under ``$SIDECARS_EXAMPLE_DIR`` (default ``./var``): the "mail" job writes
+one file per signup into ``outbox/``, so nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from sidecars import JobContext, JobInfo, PayloadError, QueueFull, RunType, ShuttingDown, Sidecars
+from sidecars.fastapi import SidecarsDep
+
+__all__ = ("app", "sc")
+
+DATA_DIR = Path(os.environ.get("SIDECARS_EXAMPLE_DIR", "var"))
+OUTBOX = DATA_DIR / "outbox"
+
+sc = Sidecars(grace=10)
+
+
+class WelcomeMail(BaseModel):
+    """The payload of the welcome mail job."""
+
+    email: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
+    name: str = ""
+
+
+@sc.sidecar(handle="mail_welcome", run_type=RunType.MEMORY, concurrency=3, timeout=30)
+async def send_welcome(job: JobContext[WelcomeMail]) -> None:
+    """Write the welcome mail to the outbox folder (a stand-in for an SMTP call)."""
+    mail = job.payload
+    body = f"To: {mail.email}\nSubject: Welcome{', ' + mail.name if mail.name else ''}!\n\nHello!\n"
+    await anyio.Path(OUTBOX).mkdir(parents=True, exist_ok=True)
+    target = anyio.Path(OUTBOX) / f"{job.job_id}.eml"
+    tmp = target.with_suffix(".tmp")
+    await tmp.write_text(body)
+    await tmp.rename(target)  # readers never see a half-written mail
+    job.logger.info("welcome mail for %s written to %s", mail.email, target)
+
+
+app = FastAPI(title="sidecars example", lifespan=sc.lifespan)
+
+
+@app.exception_handler(PayloadError)
+async def bad_payload(request: Request, exc: PayloadError) -> JSONResponse:
+    """A payload the job refuses is the client's mistake."""
+    return JSONResponse({"detail": str(exc), "errors": exc.errors}, status_code=422)
+
+
+@app.exception_handler(QueueFull)
+@app.exception_handler(ShuttingDown)
+async def busy(request: Request, exc: Exception) -> JSONResponse:
+    """No room for the job right now: ask the client to retry."""
+    return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+
+
+class Signup(BaseModel):
+    """A signup request."""
+
+    email: str
+    name: str = ""
+
+
+@app.post("/signup", status_code=202)
+async def signup(body: Signup) -> dict[str, Any]:
+    """Register a user and send the welcome mail in the background."""
+    ref = await send_welcome.enqueue(WelcomeMail(email=body.email, name=body.name))
+    return {"job_id": str(ref.id)}
+
+
+@app.get("/jobs/{job_id}")
+async def get_job(job_id: str, sidecars: SidecarsDep) -> JobInfo:
+    """Read a job's state."""
+    info = await sidecars.get_job(job_id)
+    if info is None:
+        raise HTTPException(status_code=404, detail="no such job")
+    return info
+
+
+@app.get("/stats")
+async def stats(sidecars: SidecarsDep) -> Any:
+    """Counts per sidecar."""
+    return await sidecars.stats()

@@ -1,0 +1,279 @@
+"""``Sidecars``: the registry of declarations, their configuration and the entry points."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from typing import Any, TypeVar, overload
+from uuid import UUID
+
+from ._clock import Clock, SystemClock
+from ._records import JobInfo, JobRef, RunType
+from ._memory import History
+from ._runner import Runner
+from ._sidecar import _UNSET, Handler, OnFull, Sidecar
+from ._stats import HandleStats, Stats
+from ._trigger import Trigger
+from .exceptions import DuplicateHandle, InvalidDeclaration, NotRunning
+
+__all__ = ("Sidecars",)
+
+P = TypeVar("P")
+
+
+def _positive(name: str, value: float | timedelta) -> float:
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+        raise InvalidDeclaration(
+            f"Sidecars: field {name!r}: expected seconds >= 0 or a timedelta, got {value!r}"
+        )
+    return float(seconds)
+
+
+class Sidecars:
+    """A set of sidecars, and the runner that runs them.
+
+    Declare sidecars with :meth:`sidecar`, then run them in an ASGI app's lifespan
+    (``FastAPI(lifespan=sc.lifespan)``) or in a script (``async with sc.run(): ...``).
+
+    Args:
+        clock: where time is read (schedules, leases, records); a :class:`FakeClock` in
+            tests. Timeouts always use the event loop's own clock.
+        grace: seconds running and queued work gets to finish at shutdown before it is
+            cancelled (default 25 s, under Kubernetes' 30 s termination grace).
+        memory_history: how many recent MEMORY jobs :meth:`get_job` remembers.
+        max_threads: how many sync handlers may run at once in worker threads.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        grace: float | timedelta = 25.0,
+        memory_history: int = 10_000,
+        max_threads: int = 40,
+    ) -> None:
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.grace = _positive("grace", grace)
+        if isinstance(memory_history, bool) or not isinstance(memory_history, int) or memory_history < 0:
+            raise InvalidDeclaration(
+                f"Sidecars: field 'memory_history': expected an integer >= 0, got {memory_history!r}"
+            )
+        self.memory_history = memory_history
+        if isinstance(max_threads, bool) or not isinstance(max_threads, int) or max_threads < 1:
+            raise InvalidDeclaration(
+                f"Sidecars: field 'max_threads': expected an integer >= 1, got {max_threads!r}"
+            )
+        self.max_threads = max_threads
+        self.sidecars: dict[str, Sidecar[Any]] = {}
+        self._runner: Runner | None = None
+        self._last_runner: Runner | None = None
+        # Kept on the instance, not the runner, so a test can read its jobs after the run.
+        self.history = History(memory_history)
+
+    # -- declaring -------------------------------------------------------------------------
+
+    @overload
+    def sidecar(
+        self,
+        *,
+        handle: str,
+        run_type: RunType,
+        payload: type[P],
+        concurrency: int = ...,
+        timeout: float | timedelta | None = ...,
+        max_pending: int = ...,
+        on_full: OnFull = ...,
+        schedule: Trigger | None = ...,
+    ) -> Callable[[Handler[Any]], Sidecar[P]]: ...
+
+    @overload
+    def sidecar(
+        self,
+        *,
+        handle: str,
+        run_type: RunType,
+        concurrency: int = ...,
+        timeout: float | timedelta | None = ...,
+        max_pending: int = ...,
+        on_full: OnFull = ...,
+        schedule: Trigger | None = ...,
+    ) -> Callable[[Handler[P]], Sidecar[P]]: ...
+
+    def sidecar(
+        self,
+        *,
+        handle: str,
+        run_type: RunType,
+        payload: Any = _UNSET,
+        concurrency: int = 1,
+        timeout: float | timedelta | None = None,
+        max_pending: int = 10_000,
+        on_full: OnFull = "wait",
+        schedule: Trigger | None = None,
+    ) -> Callable[[Handler[Any]], Sidecar[Any]]:
+        """Declare a sidecar; use as a decorator on its handler.
+
+        Args:
+            handle: a unique, stable name: the key of its jobs in the store.
+            run_type: ``RunType.MEMORY``, ``DEFERRED`` or ``STANDALONE``.
+            payload: the payload type, when the handler's ``JobContext[...]`` annotation
+                cannot be read (it wins over the annotation).
+            concurrency: how many of its jobs may run at once in this process.
+            timeout: seconds (or a timedelta) after which a run is cancelled; None for none.
+            max_pending: MEMORY: how many jobs may wait for a worker.
+            on_full: MEMORY: when ``max_pending`` jobs wait, ``"wait"`` for room or
+                ``"raise"`` :class:`QueueFull`.
+            schedule: a :class:`Schedule` (or any :class:`Trigger`): required for
+                STANDALONE; for DEFERRED, jobs become due at its next fire.
+
+        Raises:
+            DuplicateHandle: the handle is already declared (both places are named).
+            InvalidDeclaration: the settings do not fit together.
+        """
+
+        def decorate(handler: Handler[Any]) -> Sidecar[Any]:
+            if self._runner is not None:
+                raise InvalidDeclaration(
+                    f"sidecar {handle!r}: cannot be declared while the runner is running"
+                )
+            existing = self.sidecars.get(handle)
+            if existing is not None:
+                from ._sidecar import _where
+
+                raise DuplicateHandle(
+                    f"sidecar handle {handle!r} is declared twice: first by {existing.where}, "
+                    f"again by {_where(handler)}"
+                )
+            made: Sidecar[Any] = Sidecar(
+                self,
+                handle=handle,
+                run_type=run_type,
+                handler=handler,
+                payload=payload,
+                concurrency=concurrency,
+                timeout=timeout,
+                max_pending=max_pending,
+                on_full=on_full,
+                schedule=schedule,
+            )
+            self.sidecars[handle] = made
+            return made
+
+        return decorate
+
+    # -- running ---------------------------------------------------------------------------
+
+    @property
+    def is_running(self) -> bool:
+        """Whether a runner is running and taking work."""
+        return self._runner is not None and self._runner.accepting
+
+    @asynccontextmanager
+    async def run(
+        self,
+        *,
+        clock: Clock | None = None,
+        grace: float | timedelta | None = None,
+    ) -> AsyncIterator[Sidecars]:
+        """Run every sidecar while the context is entered; shut down gracefully on exit.
+
+        Args:
+            clock: overrides the clock for this run (tests).
+            grace: overrides the shutdown grace for this run.
+        """
+        if self._runner is not None:
+            raise InvalidDeclaration("Sidecars: this instance is already running")
+        if clock is not None:
+            self.clock = clock
+        runner = Runner(
+            self,
+            clock=self.clock,
+            grace=self.grace if grace is None else _positive("grace", grace),
+        )
+        self._runner = runner
+        try:
+            async with runner.running():
+                yield self
+        finally:
+            self._runner = None
+            self._last_runner = runner
+
+    def lifespan(self, app: Any) -> Any:
+        """An ASGI lifespan: ``FastAPI(lifespan=sc.lifespan)`` or ``Starlette(lifespan=...)``.
+
+        Puts this object on ``app.state.sidecars`` (see :func:`sidecars.starlette.get_sidecars`).
+        To combine with a lifespan of your own, use :func:`sidecars.starlette.lifespan`.
+        """
+        from .starlette import lifespan
+
+        return lifespan(self)(app)
+
+    # -- sending and reading ---------------------------------------------------------------
+
+    def _memory_pool(self, sidecar: Sidecar[Any]) -> Any:
+        runner = self._runner
+        if runner is None:
+            raise NotRunning(
+                f"sidecar {sidecar.handle!r} (MEMORY) cannot take jobs: its runner is not "
+                "running; start it with the app's lifespan (lifespan=sc.lifespan) or "
+                "`async with sc.run():`"
+            )
+        return runner.memory_pool(sidecar.handle)
+
+    async def _enqueue_memory(self, sidecar: Sidecar[Any], payload: Any) -> JobRef:
+        pool = self._memory_pool(sidecar)
+        (ref,) = await pool.submit([sidecar.codec.encode(payload)])
+        return ref
+
+    async def _enqueue_memory_many(
+        self, sidecar: Sidecar[Any], payloads: Sequence[Any]
+    ) -> list[JobRef]:
+        pool = self._memory_pool(sidecar)
+        encoded = [sidecar.codec.encode(p) for p in payloads]
+        return await pool.submit(encoded)
+
+    async def _enqueue_deferred(
+        self,
+        sidecar: Sidecar[Any],
+        payloads: Sequence[Any],
+        *,
+        run_at: datetime | None,
+        delay: timedelta | float | None,
+    ) -> list[JobRef]:
+        raise NotRunning(f"sidecar {sidecar.handle!r}: DEFERRED jobs need a store")
+
+    async def get_job(self, job_id: UUID | str) -> JobInfo | None:
+        """Read a job by id: a recent MEMORY job of this process, or a stored job.
+
+        Returns:
+            A frozen :class:`JobInfo`, or None if no such job is known.
+        """
+        if isinstance(job_id, str):
+            try:
+                job_id = UUID(job_id)
+            except ValueError:
+                return None
+        record = self.history.get(job_id)
+        if record is not None:
+            return record.info()
+        return None
+
+    async def stats(self) -> Stats:
+        """A snapshot of counts per handle, and of the runner's health."""
+        runner = self._runner or self._last_runner
+        if runner is None:
+            return Stats(
+                running=False,
+                handles={
+                    h: HandleStats(handle=h, run_type=s.run_type) for h, s in self.sidecars.items()
+                },
+            )
+        return runner.stats()
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_running else "stopped"
+        return f"<Sidecars {len(self.sidecars)} sidecar(s), {state}>"
+
+

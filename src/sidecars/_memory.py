@@ -1,0 +1,226 @@
+"""MEMORY sidecars: a bounded in-process queue per handle, drained by long-lived workers."""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+from uuid import UUID, uuid4
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._records import JobInfo, JobRef, JobState, Outcome, RunType
+from ._worker import execute
+from .exceptions import QueueFull, ShuttingDown
+
+if TYPE_CHECKING:
+    from ._runner import Runner
+    from ._sidecar import Sidecar
+
+__all__ = ("History", "MemoryPool")
+
+log = logging.getLogger("sidecars")
+
+
+def _dt(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc)
+
+
+class MemoryRecord:
+    """The mutable record of one memory job; a frozen :class:`JobInfo` is made on demand."""
+
+    __slots__ = (
+        "created_at",
+        "error",
+        "finished_at",
+        "handle",
+        "id",
+        "outcome",
+        "payload_json",
+        "started_at",
+        "state",
+    )
+
+    def __init__(self, handle: str, payload_json: str, now: float) -> None:
+        self.id = uuid4()
+        self.handle = handle
+        self.payload_json = payload_json
+        self.created_at = now
+        self.state = JobState.QUEUED
+        self.outcome: Outcome | None = None
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.error: str | None = None
+
+    def info(self) -> JobInfo:
+        import json
+
+        created = datetime.fromtimestamp(self.created_at, timezone.utc)
+        return JobInfo(
+            id=self.id,
+            handle=self.handle,
+            run_type=RunType.MEMORY,
+            state=self.state,
+            outcome=self.outcome,
+            attempts=0 if self.started_at is None else 1,
+            max_attempts=1,
+            payload=json.loads(self.payload_json),
+            created_at=created,
+            run_at=created,
+            started_at=_dt(self.started_at),
+            finished_at=_dt(self.finished_at),
+            error=self.error,
+        )
+
+
+class History:
+    """A bounded map of recent memory jobs, oldest forgotten first."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._records: OrderedDict[UUID, MemoryRecord] = OrderedDict()
+
+    def add(self, record: MemoryRecord) -> None:
+        records = self._records
+        records[record.id] = record
+        if len(records) > self._size:
+            records.popitem(last=False)
+
+    def get(self, job_id: UUID) -> MemoryRecord | None:
+        return self._records.get(job_id)
+
+
+@dataclass(slots=True)
+class _Item:
+    record: MemoryRecord
+    payload: Any
+
+
+class MemoryPool:
+    """The queue and the workers of one MEMORY sidecar."""
+
+    def __init__(self, runner: Runner, sidecar: Sidecar[Any]) -> None:
+        self.runner = runner
+        self.sidecar = sidecar
+        self.handle = sidecar.handle
+        send: MemoryObjectSendStream[_Item]
+        receive: MemoryObjectReceiveStream[_Item]
+        send, receive = anyio.create_memory_object_stream(sidecar.settings.max_pending)
+        self._send = send
+        self._receive = receive
+        self.running = 0
+        self._workers = 0
+        self.idle = anyio.Event()
+
+    @property
+    def pending(self) -> int:
+        return self._send.statistics().current_buffer_used
+
+    def start(self, tg: anyio.abc.TaskGroup) -> None:
+        for i in range(self.sidecar.settings.concurrency):
+            self._workers += 1
+            tg.start_soon(self._worker, name=f"sidecars memory worker {self.handle}#{i}")
+
+    async def submit(self, payloads: list[tuple[str, Any]]) -> list[JobRef]:
+        runner = self.runner
+        if not runner.accepting:
+            raise ShuttingDown(f"sidecar {self.handle!r}: the runner is shutting down")
+        stats = runner.stats_for(self.handle)
+        now = runner.clock.time()
+        refs = []
+        for text, copy in payloads:
+            record = MemoryRecord(self.handle, text, now)
+            item = _Item(record, copy)
+            try:
+                self._send.send_nowait(item)
+            except anyio.WouldBlock:
+                if self.sidecar.settings.on_full == "raise":
+                    raise QueueFull(
+                        f"sidecar {self.handle!r}: {self.sidecar.settings.max_pending} jobs "
+                        "are already pending (max_pending); on_full='raise'"
+                    ) from None
+                try:
+                    await self._send.send(item)
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    raise ShuttingDown(
+                        f"sidecar {self.handle!r}: the runner is shutting down"
+                    ) from None
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                raise ShuttingDown(
+                    f"sidecar {self.handle!r}: the runner is shutting down"
+                ) from None
+            runner.history.add(record)
+            stats.enqueued += 1
+            refs.append(JobRef(id=record.id, handle=self.handle))
+        return refs
+
+    def close_intake(self) -> None:
+        self._send.close()
+
+    def drop_pending(self) -> int:
+        """Drop every job still queued (shutdown after grace); return how many."""
+        dropped = 0
+        now = self.runner.clock.time()
+        while True:
+            try:
+                item = self._receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+            item.record.state = JobState.CANCELLED
+            item.record.outcome = Outcome.SHUTDOWN
+            item.record.finished_at = now
+            dropped += 1
+        return dropped
+
+    async def _worker(self) -> None:
+        receive = self._receive
+        sidecar = self.sidecar
+        runner = self.runner
+        stats = runner.stats_for(self.handle)
+        try:
+            while True:
+                # Take queued work without a checkpoint per job; block only when empty.
+                try:
+                    item = receive.receive_nowait()
+                except anyio.WouldBlock:
+                    try:
+                        item = await receive.receive()
+                    except anyio.EndOfStream:
+                        return
+                except anyio.EndOfStream:
+                    return
+                record = item.record
+                record.state = JobState.RUNNING
+                record.started_at = runner.clock.time()
+                self.running += 1
+                stats.running += 1
+                try:
+                    outcome, error = await execute(
+                        runner,
+                        sidecar,
+                        payload=item.payload,
+                        job_id=record.id,
+                        attempt=1,
+                        scheduled_at=record.created_at,
+                    )
+                except anyio.get_cancelled_exc_class():
+                    # Shutdown ran out of grace: the job is dropped, and says so.
+                    record.state = JobState.CANCELLED
+                    record.outcome = Outcome.SHUTDOWN
+                    stats.dropped += 1
+                    raise
+                finally:
+                    self.running -= 1
+                    stats.running -= 1
+                    record.finished_at = runner.clock.time()
+                record.outcome = outcome
+                record.error = error
+                record.state = JobState.SUCCEEDED if outcome is Outcome.OK else JobState.FAILED
+                stats.count(outcome)
+        finally:
+            self._workers -= 1
+            if self._workers == 0:
+                self.idle.set()

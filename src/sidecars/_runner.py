@@ -1,0 +1,141 @@
+"""The runner: one task group holding every worker and loop of a :class:`Sidecars`.
+
+It composes the parts (memory pools, the deferred consumer, later the scheduler) and owns
+shutdown: stop intake, give running work ``grace`` seconds, then cancel and account for
+what was dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.abc
+
+from ._clock import Clock
+from ._memory import MemoryPool
+from ._records import RunType
+from ._stats import Counters, HandleStats, Stats
+
+if TYPE_CHECKING:
+    from ._app import Sidecars
+
+__all__ = ("Runner",)
+
+log = logging.getLogger("sidecars")
+
+
+class Runner:
+    """Runs the sidecars of one :class:`Sidecars` while its context is entered."""
+
+    def __init__(self, app: Sidecars, *, clock: Clock, grace: float) -> None:
+        self.app = app
+        self.clock = clock
+        self.grace = grace
+        self.accepting = False
+        self.history = app.history
+        self.counters: dict[str, Counters] = {h: Counters() for h in app.sidecars}
+        self.pools: dict[str, MemoryPool] = {}
+        self.loop_restarts = 0
+        # Sync handlers get threads from a limiter of our own: anyio's default limiter is
+        # shared with Starlette's sync endpoints, and jobs must not starve requests.
+        self.thread_limiter = anyio.CapacityLimiter(app.max_threads)
+        self._loggers: dict[str, logging.Logger] = {}
+
+    def stats_for(self, handle: str) -> Counters:
+        return self.counters[handle]
+
+    def job_logger(self, handle: str) -> logging.Logger:
+        logger = self._loggers.get(handle)
+        if logger is None:
+            logger = self._loggers[handle] = logging.getLogger(f"sidecars.job.{handle}")
+        return logger
+
+    def stats(self) -> Stats:
+        handles = {}
+        for handle, sidecar in self.app.sidecars.items():
+            c = self.counters[handle]
+            pool = self.pools.get(handle)
+            handles[handle] = HandleStats(
+                handle=handle,
+                run_type=sidecar.run_type,
+                enqueued=c.enqueued,
+                running=c.running,
+                pending=pool.pending if pool is not None else 0,
+                succeeded=c.succeeded,
+                failed=c.failed,
+                timed_out=c.timed_out,
+                dropped=c.dropped,
+            )
+        return Stats(running=self.accepting, handles=handles, loop_restarts=self.loop_restarts)
+
+    async def supervise(
+        self, name: str, loop: Callable[[], Awaitable[None]], *, max_backoff: float = 30.0
+    ) -> None:
+        """Run a background loop forever, restarting it with backoff when it fails.
+
+        An error never escapes into the task group (and so into the app's lifespan, where
+        a server would keep serving without background work); it is logged and counted.
+        """
+        backoff = 0.1
+        while True:
+            try:
+                await loop()
+                return
+            except Exception:
+                self.loop_restarts += 1
+                log.exception("sidecars: background loop %s failed; restarting in %.1fs", name, backoff)
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, max_backoff)
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Runner]:
+        """Start every worker; on exit, shut down within the grace period."""
+        async with anyio.create_task_group() as tg:
+            for handle, sidecar in self.app.sidecars.items():
+                if sidecar.run_type is RunType.MEMORY:
+                    pool = MemoryPool(self, sidecar)
+                    pool.start(tg)
+                    self.pools[handle] = pool
+            self.accepting = True
+            try:
+                yield self
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._shutdown(tg)
+
+    async def _shutdown(self, tg: anyio.abc.TaskGroup) -> None:
+        self.accepting = False
+        for pool in self.pools.values():
+            pool.close_intake()
+        with anyio.move_on_after(self.grace):
+            for pool in self.pools.values():
+                await pool.idle.wait()
+        running = sum(pool.running for pool in self.pools.values())
+        dropped = 0
+        for handle, pool in self.pools.items():
+            n = pool.drop_pending()
+            self.counters[handle].dropped += n
+            dropped += n
+        if running or dropped:
+            log.warning(
+                "sidecars: shutdown grace of %ss ran out: cancelling %d running job(s), "
+                "dropping %d queued memory job(s)",
+                self.grace,
+                running,
+                dropped,
+            )
+            for handle, pool in self.pools.items():
+                if pool.running or pool.pending:
+                    log.warning(
+                        "sidecars: %r: %d running job(s) cancelled", handle, pool.running
+                    )
+        tg.cancel_scope.cancel()
+
+    def memory_pool(self, handle: str) -> MemoryPool:
+        return self.pools[handle]
+
+

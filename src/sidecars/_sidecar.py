@@ -1,0 +1,291 @@
+"""One declared sidecar: its settings, its checks at declaration, and ``enqueue``."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import typing
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, get_args, get_origin
+
+from ._payloads import PayloadCodec
+from ._records import JobContext, JobRef, RunType
+from ._trigger import Trigger
+from .exceptions import InvalidDeclaration
+
+if TYPE_CHECKING:
+    from ._app import Sidecars
+
+__all__ = ("Handler", "Sidecar")
+
+P = TypeVar("P")
+
+Handler = Callable[[JobContext[P]], object]
+"""A handler: an async or sync function taking a :class:`JobContext`."""
+
+OnFull = Literal["wait", "raise"]
+
+_HANDLE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,199}")
+_UNSET: Any = object()
+
+# Attempts allowed before a job fails for good. Issue 7 makes this a configurable policy;
+# DESIGN fixes the defaults: a deferred job is retried, a memory job or a fire is not.
+_DEFAULT_MAX_ATTEMPTS = {RunType.MEMORY: 1, RunType.DEFERRED: 5, RunType.STANDALONE: 1}
+
+
+def _where(func: Callable[..., object]) -> str:
+    """Name the place a handler was declared, for error messages."""
+    name = f"{getattr(func, '__module__', '?')}:{getattr(func, '__qualname__', func)!s}"
+    code = getattr(func, "__code__", None)
+    if code is not None:
+        return f"{name} ({code.co_filename}:{code.co_firstlineno})"
+    return name
+
+
+def _payload_from_annotation(handle: str, func: Callable[..., object]) -> Any:
+    """The ``P`` of a handler's ``JobContext[P]`` parameter, or ``_UNSET`` if not knowable."""
+    try:
+        params = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        return _UNSET
+    if not params:
+        return _UNSET
+    try:
+        hints = typing.get_type_hints(func)
+    except Exception:
+        # Unresolvable under `from __future__ import annotations` (a local class, say):
+        # the user can pass payload= instead, and the error says so.
+        return _UNSET
+    annotation = hints.get(params[0].name, _UNSET)
+    if annotation is _UNSET:
+        return _UNSET
+    if get_origin(annotation) is JobContext:
+        (arg,) = get_args(annotation)
+        return None if arg is type(None) else arg
+    return _UNSET
+
+
+def _check_callable(handle: str, func: Callable[..., object]) -> None:
+    if not callable(func):
+        raise InvalidDeclaration(f"sidecar {handle!r}: field 'handler': {func!r} is not callable")
+    try:
+        inspect.signature(func).bind(object())
+    except TypeError as exc:
+        raise InvalidDeclaration(
+            f"sidecar {handle!r}: field 'handler': {_where(func)} must take exactly one "
+            f"argument, the JobContext ({exc})"
+        ) from None
+    except ValueError:  # builtins without a signature: trust the user
+        pass
+
+
+def _seconds(handle: str, name: str, value: float | timedelta | None) -> float | None:
+    if value is None:
+        return None
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        raise InvalidDeclaration(
+            f"sidecar {handle!r}: field {name!r}: expected a positive number of seconds or a "
+            f"timedelta, got {value!r}"
+        )
+    return float(seconds)
+
+
+def _positive_int(handle: str, name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidDeclaration(
+            f"sidecar {handle!r}: field {name!r}: expected an integer >= 1, got {value!r}"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class _Settings:
+    concurrency: int
+    timeout: float | None
+    max_pending: int
+    on_full: OnFull
+    max_attempts: int
+
+
+class Sidecar(Generic[P]):
+    """A declared unit of work, made by :meth:`Sidecars.sidecar`.
+
+    Send it work with :meth:`enqueue` (MEMORY and DEFERRED sidecars). The decorated function
+    stays reachable as :attr:`handler`, so it can be unit-tested directly.
+    """
+
+    __slots__ = (
+        "_app",
+        "codec",
+        "handle",
+        "handler",
+        "is_async",
+        "run_type",
+        "schedule",
+        "settings",
+        "where",
+    )
+
+    def __init__(
+        self,
+        app: Sidecars,
+        *,
+        handle: str,
+        run_type: RunType,
+        handler: Handler[P],
+        payload: Any = _UNSET,
+        concurrency: int = 1,
+        timeout: float | timedelta | None = None,
+        max_pending: int = 10_000,
+        on_full: OnFull = "wait",
+        schedule: Trigger | None = None,
+    ) -> None:
+        if not isinstance(handle, str) or not _HANDLE_RE.fullmatch(handle):
+            raise InvalidDeclaration(
+                f"sidecar {handle!r}: field 'handle': expected 1-200 characters of letters, "
+                "digits and _ . : - (starting with a letter or digit)"
+            )
+        try:
+            run_type = RunType(run_type)
+        except ValueError:
+            raise InvalidDeclaration(
+                f"sidecar {handle!r}: field 'run_type': expected one of "
+                f"{', '.join(repr(r.value) for r in RunType)}, got {run_type!r}"
+            ) from None
+        _check_callable(handle, handler)
+        self._app = app
+        self.handle = handle
+        self.run_type = run_type
+        self.handler = handler
+        self.where = _where(handler)
+        target = getattr(handler, "__call__", handler) if not inspect.isfunction(handler) else handler
+        self.is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(target)
+
+        if schedule is not None and not isinstance(schedule, Trigger):
+            raise InvalidDeclaration(
+                f"sidecar {handle!r}: field 'schedule': expected a Schedule or another Trigger "
+                f"(with next_after and previous_before), got {schedule!r}"
+            )
+        if run_type is RunType.MEMORY and schedule is not None:
+            raise InvalidDeclaration(
+                f"sidecar {handle!r}: field 'schedule': a MEMORY sidecar runs when it is sent "
+                "work and cannot have a schedule; use DEFERRED (jobs due at the next fire) or "
+                "STANDALONE (runs on its own)"
+            )
+        if run_type is RunType.STANDALONE and schedule is None:
+            raise InvalidDeclaration(
+                f"sidecar {handle!r}: field 'schedule': a STANDALONE sidecar needs a schedule"
+            )
+        self.schedule = schedule
+
+        declared = payload
+        if declared is _UNSET:
+            declared = _payload_from_annotation(handle, handler)
+        if run_type is RunType.STANDALONE:
+            if declared not in (_UNSET, None, type(None)):
+                raise InvalidDeclaration(
+                    f"sidecar {handle!r}: field 'payload': a STANDALONE sidecar takes no "
+                    f"payload (got {declared!r}); annotate its handler as JobContext[None]"
+                )
+            declared = None
+        elif declared is _UNSET:
+            raise InvalidDeclaration(
+                f"sidecar {handle!r}: field 'payload': cannot tell the payload type; annotate "
+                "the handler's parameter as JobContext[YourModel] or pass payload=YourModel"
+            )
+        if declared is type(None):
+            declared = None
+        self.codec = PayloadCodec(handle, declared)
+
+        if on_full not in ("wait", "raise"):
+            raise InvalidDeclaration(
+                f"sidecar {handle!r}: field 'on_full': expected 'wait' or 'raise', got {on_full!r}"
+            )
+        self.settings = _Settings(
+            concurrency=_positive_int(handle, "concurrency", concurrency),
+            timeout=_seconds(handle, "timeout", timeout),
+            max_pending=_positive_int(handle, "max_pending", max_pending),
+            on_full=on_full,
+            max_attempts=_DEFAULT_MAX_ATTEMPTS[run_type],
+        )
+
+    @property
+    def payload_type(self) -> Any:
+        """The declared payload type (None for no payload)."""
+        return self.codec.payload_type
+
+    async def enqueue(
+        self,
+        payload: P = None,  # type: ignore[assignment]
+        *,
+        run_at: datetime | None = None,
+        delay: timedelta | float | None = None,
+    ) -> JobRef:
+        """Send one job.
+
+        MEMORY: validated, then queued in process and run at once by a free worker.
+        DEFERRED: validated, then committed to the store; returns once it is durable.
+
+        Args:
+            payload: the payload (a model instance, or anything that validates as one).
+            run_at: DEFERRED only: when the job becomes due (aware datetime).
+            delay: DEFERRED only: how long from now until it becomes due.
+
+        Raises:
+            PayloadError: the payload is invalid or would not survive JSON.
+            NotRunning: a MEMORY sidecar's runner is not running.
+            ShuttingDown: the runner is shutting down.
+            QueueFull: the MEMORY queue is full and ``on_full="raise"``.
+        """
+        if self.run_type is RunType.MEMORY:
+            if run_at is not None or delay is not None:
+                raise InvalidDeclaration(
+                    f"sidecar {self.handle!r}: field 'run_at': a MEMORY job runs at once; use "
+                    "a DEFERRED sidecar to run it later"
+                )
+            return await self._app._enqueue_memory(self, payload)
+        if self.run_type is RunType.STANDALONE:
+            raise InvalidDeclaration(
+                f"sidecar {self.handle!r}: a STANDALONE sidecar runs on its schedule and "
+                "cannot be sent jobs"
+            )
+        (ref,) = await self._app._enqueue_deferred(self, [payload], run_at=run_at, delay=delay)
+        return ref
+
+    async def enqueue_many(
+        self,
+        payloads: Iterable[P],
+        *,
+        run_at: datetime | None = None,
+        delay: timedelta | float | None = None,
+    ) -> list[JobRef]:
+        """Send many jobs at once: validated first, then stored in one transaction.
+
+        If any payload is invalid, nothing is queued or stored.
+        """
+        items: Sequence[P] = list(payloads)
+        if self.run_type is RunType.MEMORY:
+            if run_at is not None or delay is not None:
+                raise InvalidDeclaration(
+                    f"sidecar {self.handle!r}: field 'run_at': a MEMORY job runs at once"
+                )
+            return await self._app._enqueue_memory_many(self, items)
+        if self.run_type is RunType.STANDALONE:
+            raise InvalidDeclaration(
+                f"sidecar {self.handle!r}: a STANDALONE sidecar cannot be sent jobs"
+            )
+        return await self._app._enqueue_deferred(self, items, run_at=run_at, delay=delay)
+
+    def __repr__(self) -> str:
+        return f"<Sidecar {self.handle!r} {self.run_type.value}>"
+
+
+def _aware(handle: str, when: datetime) -> float:
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise InvalidDeclaration(
+            f"sidecar {handle!r}: field 'run_at': expected an aware datetime, got naive {when!r}"
+        )
+    return when.astimezone(timezone.utc).timestamp()

@@ -1,0 +1,15 @@
+"""Job stores: the :class:`Store` protocol and its implementations.
+
+``MemoryStore`` (tests) and ``SQLiteStore`` (the embedded default) live here; the PostgreSQL
+store is in ``sidecars.stores.postgres`` so that ``asyncpg`` is imported only when used.
+"""
+
+from ._base import ClaimedJob as ClaimedJob
+from ._base import Finish as Finish
+from ._base import Lease as Lease
+from ._base import NewJob as NewJob
+from ._base import Store as Store
+from .memory import MemoryStore as MemoryStore
+from .sqlite import SQLiteStore as SQLiteStore
+
+__all__ = ("ClaimedJob", "Finish", "Lease", "MemoryStore", "NewJob", "SQLiteStore", "Store")

@@ -1,0 +1,157 @@
+"""The store protocol: the one contract every job store meets.
+
+Every method is batch-first: it takes or returns many rows, so a runner claims, renews and
+finishes jobs in as few round trips as possible. Times are float seconds since the Unix
+epoch, always passed in by the caller (read from the runner's :class:`~sidecars.Clock`):
+a store never reads the time itself, so tests with a controllable clock stay exact.
+
+Fencing: every claim gives the job a fresh ``token``. ``renew``, ``finish`` and ``release``
+only touch a job whose stored token still equals the caller's, so a runner whose lease
+expired and was re-claimed elsewhere can change nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+from uuid import UUID
+
+from .._records import JobInfo, JobState, Outcome
+
+__all__ = ("ClaimedJob", "Finish", "Lease", "NewJob", "Store")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewJob:
+    """A job to insert.
+
+    Attributes:
+        id: the job's id, chosen by the caller.
+        handle: the sidecar's handle.
+        payload: the payload as JSON text (already validated).
+        run_at: when the job becomes due (epoch seconds).
+        created_at: when it was enqueued (epoch seconds).
+        max_attempts: how many claims the job may have in all before it fails.
+    """
+
+    id: UUID
+    handle: str
+    payload: str
+    run_at: float
+    created_at: float
+    max_attempts: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimedJob:
+    """A job a runner now holds under a lease.
+
+    Attributes:
+        attempt: the number of this claim (1 for the first).
+        run_at: when the job was due.
+        token: the fencing token of this claim.
+        lease_until: when the lease expires unless renewed.
+    """
+
+    id: UUID
+    handle: str
+    payload: str
+    attempt: int
+    max_attempts: int
+    run_at: float
+    token: str
+    lease_until: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Lease:
+    """The proof of a claim: a job id and the token its claim returned."""
+
+    id: UUID
+    token: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Finish:
+    """The end of one run, reported under its lease.
+
+    Attributes:
+        state: ``SUCCEEDED``, ``FAILED``, or ``QUEUED`` to run it again at ``retry_at``.
+        outcome: how the run ended.
+        error: a description of the error, or None.
+        finished_at: when the run ended (epoch seconds).
+        retry_at: with ``state=QUEUED``, when the job is due again.
+    """
+
+    id: UUID
+    token: str
+    state: JobState
+    outcome: Outcome
+    finished_at: float
+    error: str | None = None
+    retry_at: float | None = None
+
+
+@runtime_checkable
+class Store(Protocol):
+    """An async, batch-first job store.
+
+    Semantics every implementation meets (checked by the contract suite in
+    ``tests/stores/``):
+
+    - ``enqueue`` returns only once every job is durably stored.
+    - ``claim`` returns up to ``limit`` jobs of the given handles that are due (queued with
+      ``run_at <= now``) or whose lease has expired (running with ``lease_until <= now``),
+      oldest due first, each with ``attempt`` counted up by one, a new token, and state
+      running. A job whose lease expired after its last allowed attempt is not claimed: it
+      ends failed with outcome ``LEASE_LOST``. Two concurrent claims never return the same
+      job under the same lease.
+    - ``renew`` extends the leases it still holds to ``now + lease`` and returns their ids;
+      an id missing from the result has been lost.
+    - ``finish`` applies each result whose token matches and returns the ids applied.
+    - ``release`` gives jobs back (shutdown): token cleared, state queued, due at ``now``,
+      and the attempt of that claim not counted.
+    """
+
+    async def open(self) -> None:
+        """Connect and bring the schema up to date. Safe to call more than once."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections. Safe to call more than once."""
+        ...
+
+    async def enqueue(self, jobs: Sequence[NewJob]) -> None:
+        """Insert jobs durably."""
+        ...
+
+    async def claim(
+        self, handles: Sequence[str], limit: int, *, now: float, lease: float
+    ) -> list[ClaimedJob]:
+        """Claim up to ``limit`` due jobs of ``handles`` for ``lease`` seconds."""
+        ...
+
+    async def renew(self, leases: Sequence[Lease], *, now: float, lease: float) -> set[UUID]:
+        """Extend held leases; return the ids still held."""
+        ...
+
+    async def finish(self, results: Sequence[Finish]) -> set[UUID]:
+        """Record the end of runs; return the ids whose token matched."""
+        ...
+
+    async def release(self, leases: Sequence[Lease], *, now: float) -> None:
+        """Give held jobs back without counting the attempt."""
+        ...
+
+    async def get_job(self, job_id: UUID) -> JobInfo | None:
+        """Read one job, or None."""
+        ...
+
+    async def next_wakeup(self, handles: Sequence[str]) -> float | None:
+        """The earliest time a job of ``handles`` becomes claimable, or None if none will.
+
+        That is the earliest ``run_at`` of a queued job or ``lease_until`` of a running one;
+        it may lie in the past. Runners sleep until then (or until woken) instead of polling.
+        """
+        ...

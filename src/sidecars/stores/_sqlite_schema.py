@@ -1,0 +1,54 @@
+"""The SQLite schema, as numbered migrations.
+
+Each migration is a tuple of statements applied in one transaction together with its row in
+``sidecars_migrations``. Migrations are append-only: a released one is never edited, a change
+is a new number. Later numbers will add a ``key`` column (unique jobs) and a fires table.
+"""
+
+from __future__ import annotations
+
+__all__ = ("MIGRATIONS", "MIGRATIONS_TABLE")
+
+MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS sidecars_migrations (
+    version INTEGER PRIMARY KEY,
+    applied_at REAL NOT NULL
+)
+"""
+
+_V1 = (
+    # Times are REAL epoch seconds, so SQL comparisons need no date parsing; ids are UUID
+    # strings so rows stay readable with the sqlite3 shell.
+    """
+    CREATE TABLE sidecars_jobs (
+        id TEXT PRIMARY KEY,
+        handle TEXT NOT NULL,
+        state TEXT NOT NULL
+            CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+        outcome TEXT,
+        payload TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL,
+        run_at REAL NOT NULL,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        lease_until REAL,
+        token TEXT,
+        error TEXT
+    )
+    """,
+    # Partial indexes: finished jobs, the bulk of an old table, are in neither, so a claim
+    # walks only live rows, in due order per handle.
+    """
+    CREATE INDEX sidecars_jobs_queued ON sidecars_jobs (handle, run_at)
+        WHERE state = 'queued'
+    """,
+    """
+    CREATE INDEX sidecars_jobs_running ON sidecars_jobs (handle, lease_until)
+        WHERE state = 'running'
+    """,
+)
+
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = ((1, _V1),)
+"""``(version, statements)`` pairs in ascending order."""

@@ -1,0 +1,218 @@
+"""An in-process store for tests: plain dicts, the same semantics as the durable stores."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from uuid import UUID, uuid4
+
+import anyio.lowlevel
+
+from .._records import JobInfo, JobState, Outcome, RunType
+from ._base import ClaimedJob, Finish, Lease, NewJob
+from ._convert import LEASE_LOST_ERROR, check_finish_state, to_datetime
+
+__all__ = ("MemoryStore",)
+
+
+@dataclass(slots=True)
+class _Row:
+    id: UUID
+    handle: str
+    payload: str
+    max_attempts: int
+    run_at: float
+    created_at: float
+    state: JobState = JobState.QUEUED
+    outcome: Outcome | None = None
+    attempts: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    lease_until: float | None = None
+    token: str | None = None
+    error: str | None = None
+
+    def holds(self, token: str) -> bool:
+        return self.state is JobState.RUNNING and self.token == token
+
+
+class MemoryStore:
+    """A :class:`~sidecars.stores.Store` kept in process memory.
+
+    Meant for tests: nothing survives the process, and only tasks of one event loop may
+    share an instance. Every method changes its rows without awaiting in between, so
+    concurrent tasks see each call as atomic, as they would a transaction.
+
+    Example:
+        >>> store = MemoryStore()
+    """
+
+    def __init__(self) -> None:
+        self._jobs: dict[UUID, _Row] = {}
+
+    async def open(self) -> None:
+        """Do nothing: a memory store is always open."""
+        await anyio.lowlevel.checkpoint()
+
+    async def close(self) -> None:
+        """Do nothing: the jobs are kept so a test can still read them."""
+        await anyio.lowlevel.checkpoint()
+
+    async def enqueue(self, jobs: Sequence[NewJob]) -> None:
+        """Insert jobs, all or none.
+
+        Raises:
+            ValueError: a job id already exists (or appears twice in ``jobs``).
+        """
+        await anyio.lowlevel.checkpoint()
+        ids = [job.id for job in jobs]
+        if len(set(ids)) != len(ids) or any(job_id in self._jobs for job_id in ids):
+            raise ValueError("a job id in this batch already exists")
+        for job in jobs:
+            self._jobs[job.id] = _Row(
+                id=job.id,
+                handle=job.handle,
+                payload=job.payload,
+                max_attempts=job.max_attempts,
+                run_at=job.run_at,
+                created_at=job.created_at,
+            )
+
+    async def claim(
+        self, handles: Sequence[str], limit: int, *, now: float, lease: float
+    ) -> list[ClaimedJob]:
+        """Claim up to ``limit`` due jobs of ``handles`` for ``lease`` seconds."""
+        await anyio.lowlevel.checkpoint()
+        if limit <= 0:
+            return []
+        wanted = set(handles)
+        due: list[_Row] = []
+        for row in self._jobs.values():
+            if row.handle not in wanted:
+                continue
+            if row.state is JobState.QUEUED and row.run_at <= now:
+                due.append(row)
+            elif (
+                row.state is JobState.RUNNING
+                and row.lease_until is not None
+                and row.lease_until <= now
+            ):
+                if row.attempts >= row.max_attempts:
+                    _fail_lease_lost(row, now)
+                else:
+                    due.append(row)
+        due.sort(key=lambda r: (r.run_at, str(r.id)))
+        token = uuid4().hex
+        claimed: list[ClaimedJob] = []
+        for row in due[:limit]:
+            row.state = JobState.RUNNING
+            row.attempts += 1
+            row.token = token
+            row.lease_until = now + lease
+            row.started_at = now
+            claimed.append(
+                ClaimedJob(
+                    id=row.id,
+                    handle=row.handle,
+                    payload=row.payload,
+                    attempt=row.attempts,
+                    max_attempts=row.max_attempts,
+                    run_at=row.run_at,
+                    token=token,
+                    lease_until=row.lease_until,
+                )
+            )
+        return claimed
+
+    async def renew(self, leases: Sequence[Lease], *, now: float, lease: float) -> set[UUID]:
+        """Extend held leases to ``now + lease``; return the ids still held."""
+        await anyio.lowlevel.checkpoint()
+        held: set[UUID] = set()
+        for item in leases:
+            row = self._jobs.get(item.id)
+            if row is not None and row.holds(item.token):
+                row.lease_until = now + lease
+                held.add(item.id)
+        return held
+
+    async def finish(self, results: Sequence[Finish]) -> set[UUID]:
+        """Record the end of runs; return the ids whose token matched.
+
+        Raises:
+            ValueError: a result's state is ``RUNNING``.
+        """
+        await anyio.lowlevel.checkpoint()
+        for result in results:
+            check_finish_state(result.state)
+        applied: set[UUID] = set()
+        for result in results:
+            row = self._jobs.get(result.id)
+            if row is None or not row.holds(result.token):
+                continue
+            row.state = result.state
+            row.outcome = result.outcome
+            row.error = result.error
+            row.token = None
+            row.lease_until = None
+            if result.state is JobState.QUEUED:
+                row.run_at = result.finished_at if result.retry_at is None else result.retry_at
+                row.finished_at = None
+            else:
+                row.finished_at = result.finished_at
+            applied.add(result.id)
+        return applied
+
+    async def release(self, leases: Sequence[Lease], *, now: float) -> None:
+        """Give held jobs back, due at ``now``, without counting the attempt."""
+        await anyio.lowlevel.checkpoint()
+        for item in leases:
+            row = self._jobs.get(item.id)
+            if row is not None and row.holds(item.token):
+                row.state = JobState.QUEUED
+                row.token = None
+                row.lease_until = None
+                row.run_at = now
+                row.attempts = max(row.attempts - 1, 0)
+
+    async def get_job(self, job_id: UUID) -> JobInfo | None:
+        """Read one job, or None if the id is unknown."""
+        await anyio.lowlevel.checkpoint()
+        row = self._jobs.get(job_id)
+        if row is None:
+            return None
+        return JobInfo(
+            id=row.id,
+            handle=row.handle,
+            run_type=RunType.DEFERRED,
+            state=row.state,
+            outcome=row.outcome,
+            attempts=row.attempts,
+            max_attempts=row.max_attempts,
+            payload=json.loads(row.payload),
+            created_at=to_datetime(row.created_at),
+            run_at=to_datetime(row.run_at),
+            started_at=None if row.started_at is None else to_datetime(row.started_at),
+            finished_at=None if row.finished_at is None else to_datetime(row.finished_at),
+            error=row.error,
+        )
+
+    async def next_wakeup(self, handles: Sequence[str]) -> float | None:
+        """The earliest time a job of ``handles`` becomes claimable, or None."""
+        await anyio.lowlevel.checkpoint()
+        wanted = set(handles)
+        times = [
+            row.run_at if row.state is JobState.QUEUED else row.lease_until
+            for row in self._jobs.values()
+            if row.handle in wanted and row.state in (JobState.QUEUED, JobState.RUNNING)
+        ]
+        return min((t for t in times if t is not None), default=None)
+
+
+def _fail_lease_lost(row: _Row, now: float) -> None:
+    row.state = JobState.FAILED
+    row.outcome = Outcome.LEASE_LOST
+    row.error = LEASE_LOST_ERROR
+    row.finished_at = now
+    row.token = None
+    row.lease_until = None

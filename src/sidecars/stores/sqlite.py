@@ -1,0 +1,593 @@
+"""The embedded default store: one SQLite file, shared by the processes of one host."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+from uuid import UUID, uuid4
+
+import aiosqlite
+import anyio
+
+from .._records import JobInfo, JobState, Outcome, RunType
+from ..exceptions import StoreUnavailable
+from ._base import ClaimedJob, Finish, Lease, NewJob
+from ._convert import LEASE_LOST_ERROR, check_finish_state, to_datetime
+from ._sqlite_schema import MIGRATIONS, MIGRATIONS_TABLE
+
+__all__ = ("MIN_SQLITE_VERSION", "SQLiteStore")
+
+T = TypeVar("T")
+
+MIN_SQLITE_VERSION = (3, 35, 0)
+"""The oldest SQLite library the store runs on (``UPDATE … RETURNING`` arrived in 3.35)."""
+
+_SYNCHRONOUS = ("NORMAL", "FULL")
+
+# SQLite's own busy handler already waits up to busy_timeout inside each attempt; these
+# retries cover the cases it does not (a busy handler is not called on some lock upgrades
+# and while a WAL file is being recovered) without hammering the file.
+_BUSY_RETRIES = 5
+_BUSY_FIRST_DELAY = 0.02
+_BUSY_MAX_DELAY = 1.0
+
+# Result codes (the sqlite3 module names them only from Python 3.11).
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+
+_JOB_COLUMNS = (
+    "id, handle, state, outcome, payload, attempts, max_attempts, run_at, created_at, "
+    "started_at, finished_at, lease_until, error"
+)
+
+_INSERT = (
+    "INSERT INTO sidecars_jobs (id, handle, state, payload, attempts, max_attempts, run_at, "
+    "created_at) VALUES (?, ?, 'queued', ?, 0, ?, ?, ?)"
+)
+
+_FAIL_LOST = """
+UPDATE sidecars_jobs
+SET state = 'failed', outcome = 'lease_lost', error = :error, finished_at = :now,
+    token = NULL, lease_until = NULL
+WHERE state = 'running' AND handle IN ({handles}) AND lease_until <= :now
+    AND attempts >= max_attempts
+"""
+
+# Each branch is limited on its own so it stops early on its partial index; the outer
+# ORDER BY merges them. RETURNING order is unspecified, so the caller sorts again.
+_CLAIM = """
+UPDATE sidecars_jobs
+SET state = 'running', attempts = attempts + 1, token = :token, lease_until = :until,
+    started_at = :now
+WHERE id IN (
+    SELECT id FROM (
+        SELECT id, run_at FROM (
+            SELECT id, run_at FROM sidecars_jobs
+            WHERE state = 'queued' AND handle IN ({handles}) AND run_at <= :now
+            ORDER BY run_at, id LIMIT :limit
+        )
+        UNION ALL
+        SELECT id, run_at FROM (
+            SELECT id, run_at FROM sidecars_jobs
+            WHERE state = 'running' AND handle IN ({handles}) AND lease_until <= :now
+            ORDER BY run_at, id LIMIT :limit
+        )
+    )
+    ORDER BY run_at, id LIMIT :limit
+)
+RETURNING id, handle, payload, attempts, max_attempts, run_at
+"""
+
+# Batches travel as one JSON array bound to a single parameter, so a call is one statement
+# however many leases it carries.
+_LEASES = "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?)"
+
+_RENEW = f"""
+UPDATE sidecars_jobs SET lease_until = ?
+WHERE state = 'running' AND (id, token) IN ({_LEASES})
+RETURNING id
+"""
+
+_RELEASE = f"""
+UPDATE sidecars_jobs
+SET state = 'queued', token = NULL, lease_until = NULL, run_at = ?,
+    attempts = max(attempts - 1, 0)
+WHERE state = 'running' AND (id, token) IN ({_LEASES})
+"""
+
+_FINISH = """
+UPDATE sidecars_jobs
+SET state = r.new_state, outcome = r.new_outcome, error = r.new_error,
+    finished_at = CASE WHEN r.new_state = 'queued' THEN NULL ELSE r.new_finished_at END,
+    run_at = CASE WHEN r.new_state = 'queued'
+        THEN coalesce(r.new_retry_at, r.new_finished_at) ELSE sidecars_jobs.run_at END,
+    token = NULL, lease_until = NULL
+FROM (
+    SELECT json_extract(value, '$[0]') AS job_id, json_extract(value, '$[1]') AS job_token,
+        json_extract(value, '$[2]') AS new_state, json_extract(value, '$[3]') AS new_outcome,
+        json_extract(value, '$[4]') AS new_finished_at, json_extract(value, '$[5]') AS new_error,
+        json_extract(value, '$[6]') AS new_retry_at
+    FROM json_each(?)
+) AS r
+WHERE sidecars_jobs.id = r.job_id AND sidecars_jobs.token = r.job_token
+    AND sidecars_jobs.state = 'running'
+RETURNING id
+"""
+
+_NEXT_WAKEUP = """
+SELECT min(t) FROM (
+    SELECT min(run_at) AS t FROM sidecars_jobs WHERE state = 'queued' AND handle IN ({handles})
+    UNION ALL
+    SELECT min(lease_until) FROM sidecars_jobs
+    WHERE state = 'running' AND handle IN ({handles})
+)
+"""
+
+
+class _Batch:
+    """Rows of concurrent ``enqueue`` calls that commit together."""
+
+    __slots__ = ("done", "error", "rows")
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, str, int, float, float]] = []
+        self.done = anyio.Event()
+        self.error: BaseException | None = None
+
+
+class SQLiteStore:
+    """A :class:`~sidecars.stores.Store` in one SQLite file (the embedded default).
+
+    Any number of processes on the same host may share the file: every write is one
+    ``BEGIN IMMEDIATE`` transaction, so SQLite's file locks serialise them, and readers do
+    not block writers under the WAL journal. SQLite's locks rely on the host's own file
+    locking: **do not put the file on a network file system** (NFS, SMB, most container
+    volumes shared between hosts); use PostgreSQL for replicas on several hosts.
+
+    Each instance keeps one connection, opened lazily by its first call (or by
+    :meth:`open`), which is the single writer of its process; concurrent ``enqueue`` calls
+    are group-committed in one transaction. The schema is created or migrated on open.
+    A store that is never closed does not keep the interpreter alive at exit (every write
+    has committed before its call returned), but :meth:`close` releases the file cleanly.
+
+    Args:
+        path: the database file, created if missing.
+        synchronous: ``"NORMAL"`` (default: a power loss may drop the last commits, never
+            corrupt the file) or ``"FULL"`` (every commit survives a power loss, slower).
+        busy_timeout: how long, in seconds, to wait for another process's write lock before
+            retrying; after a few retries the call raises
+            :class:`~sidecars.exceptions.StoreUnavailable`.
+
+    Raises:
+        ValueError: ``synchronous`` is not ``"NORMAL"`` or ``"FULL"``, or ``busy_timeout``
+            is negative.
+
+    Example:
+        >>> store = SQLiteStore("jobs.db", synchronous="FULL")
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = "sidecars.db",
+        *,
+        synchronous: str = "NORMAL",
+        busy_timeout: float = 5.0,
+    ) -> None:
+        mode = synchronous.upper() if isinstance(synchronous, str) else synchronous
+        if mode not in _SYNCHRONOUS:
+            raise ValueError(f"synchronous must be 'NORMAL' or 'FULL', not {synchronous!r}")
+        if busy_timeout < 0:
+            raise ValueError(f"busy_timeout must be >= 0 seconds, not {busy_timeout!r}")
+        self.path = os.fspath(path)
+        self.synchronous = mode
+        self.busy_timeout = float(busy_timeout)
+        self._conn: aiosqlite.Connection | None = None
+        # One connection runs one transaction at a time: this lock keeps the statements of
+        # two tasks from interleaving inside each other's BEGIN ... COMMIT.
+        self._lock = anyio.Lock()
+        self._pending: _Batch | None = None
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r}, synchronous={self.synchronous!r})"
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect and bring the schema up to date. Safe to call more than once.
+
+        Raises:
+            StoreUnavailable: the file cannot be opened, SQLite is older than 3.35, or the
+                schema is newer than this version of sidecars.
+        """
+        async with self._lock:
+            await self._connection()
+
+    async def close(self) -> None:
+        """Close the connection once running calls are done. Safe to call more than once.
+
+        The store opens again if it is used after closing.
+        """
+        with anyio.CancelScope(shield=True):
+            async with self._lock:
+                conn, self._conn = self._conn, None
+                if conn is not None:
+                    await conn.close()
+
+    async def _connection(self) -> aiosqlite.Connection:
+        """The open connection, connecting first if needed. Call with ``_lock`` held."""
+        if self._conn is not None:
+            return self._conn
+        # Shielded: a cancelled open would leave a half-open connection and its thread.
+        with anyio.CancelScope(shield=True):
+            conn = await self._connect()
+        self._conn = conn
+        return conn
+
+    async def _connect(self) -> aiosqlite.Connection:
+        check_sqlite_version(sqlite3.sqlite_version_info)
+        conn = aiosqlite.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+        _daemonize(conn)
+        try:
+            await conn
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open SQLite store {self.path!r}: {exc}") from exc
+        try:
+            rows = await self._retry_busy(
+                "set the WAL journal", lambda: conn.execute_fetchall("PRAGMA journal_mode=WAL")
+            )
+            mode = next(iter(rows))[0]
+            if str(mode).lower() != "wal":
+                raise StoreUnavailable(
+                    f"SQLite store {self.path!r} cannot use the WAL journal (got {mode!r}); "
+                    "is it on a network or read-only file system?"
+                )
+            await conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            await self._migrate(conn)
+        except BaseException as exc:
+            await conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreUnavailable(f"cannot open SQLite store {self.path!r}: {exc}") from exc
+            raise
+        return conn
+
+    async def _migrate(self, conn: aiosqlite.Connection) -> None:
+        # The check and the migration share one write transaction, so processes opening a
+        # new file together queue on its lock: the first creates the schema, the others
+        # then find it current.
+        await self._retry_busy("migrate", lambda: conn.execute("BEGIN IMMEDIATE"))
+        try:
+            await conn.execute(MIGRATIONS_TABLE)
+            rows = await conn.execute_fetchall(
+                "SELECT coalesce(max(version), 0) FROM sidecars_migrations"
+            )
+            current = int(next(iter(rows))[0])
+            latest = MIGRATIONS[-1][0]
+            if current > latest:
+                raise StoreUnavailable(
+                    f"SQLite store {self.path!r} has schema version {current}, newer than "
+                    f"this version of sidecars knows ({latest}); upgrade sidecars"
+                )
+            for version, statements in MIGRATIONS:
+                if version <= current:
+                    continue
+                for statement in statements:
+                    await conn.execute(statement)
+                await conn.execute(
+                    "INSERT INTO sidecars_migrations (version, applied_at) VALUES (?, ?)",
+                    (version, time.time()),
+                )
+            await conn.execute("COMMIT")
+        except BaseException:
+            await _rollback(conn)
+            raise
+
+    # -- plumbing --------------------------------------------------------------------
+
+    async def _retry_busy(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+        delay = _BUSY_FIRST_DELAY
+        attempt = 0
+        while True:
+            try:
+                return await op()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                attempt += 1
+                if attempt > _BUSY_RETRIES:
+                    raise StoreUnavailable(
+                        f"SQLite store {self.path!r} stayed locked by another process; "
+                        f"could not {what} after {attempt} attempts"
+                    ) from exc
+            # Full jitter, so two processes that collided do not collide again in step.
+            await anyio.sleep(random.uniform(0, delay))
+            delay = min(delay * 2, _BUSY_MAX_DELAY)
+
+    async def _write(self, what: str, body: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        """Run ``body`` in one ``BEGIN IMMEDIATE`` transaction and commit it.
+
+        Shielded from cancellation: the statements already run on the connection's thread
+        whatever happens to the caller, and the connection must never be left inside an
+        open transaction. The caller's cancellation is delivered when the call returns.
+        """
+        with anyio.CancelScope(shield=True):
+            async with self._lock:
+                result = await self._transaction(what, body)
+        return result
+
+    async def _transaction(
+        self, what: str, body: Callable[[aiosqlite.Connection], Awaitable[T]]
+    ) -> T:
+        conn = await self._connection()
+        try:
+            await self._retry_busy(what, lambda: conn.execute("BEGIN IMMEDIATE"))
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite store {self.path!r}: {exc}") from exc
+        try:
+            result = await body(conn)
+            await conn.execute("COMMIT")
+        except BaseException as exc:
+            await _rollback(conn)
+            if isinstance(exc, sqlite3.OperationalError):
+                raise StoreUnavailable(f"SQLite store {self.path!r}: {exc}") from exc
+            raise
+        return result
+
+    async def _read(self, sql: str, params: Sequence[Any] | dict[str, Any]) -> list[Any]:
+        with anyio.CancelScope(shield=True):
+            async with self._lock:
+                conn = await self._connection()
+                try:
+                    rows = await self._retry_busy(
+                        "read", lambda: conn.execute_fetchall(sql, params)
+                    )
+                except sqlite3.OperationalError as exc:
+                    raise StoreUnavailable(f"SQLite store {self.path!r}: {exc}") from exc
+        return list(rows)
+
+    # -- the protocol ----------------------------------------------------------------
+
+    async def enqueue(self, jobs: Sequence[NewJob]) -> None:
+        """Insert jobs durably; return once they are committed.
+
+        Calls made while a commit is in flight are gathered and committed together by the
+        next one, so many concurrent enqueues cost few transactions. An error fails the
+        whole group and is raised to every caller in it. A caller cancelled while waiting
+        may still have its jobs committed.
+
+        Raises:
+            ValueError: a job id already exists (or appears twice in the group).
+            StoreUnavailable: the file stayed locked or cannot be written.
+        """
+        if not jobs:
+            return
+        rows = [
+            (str(job.id), job.handle, job.payload, job.max_attempts, job.run_at, job.created_at)
+            for job in jobs
+        ]
+        batch = self._pending
+        if batch is not None:
+            batch.rows.extend(rows)
+            await batch.done.wait()
+        else:
+            batch = self._pending = _Batch()
+            batch.rows.extend(rows)
+            await self._flush(batch)
+        if batch.error is not None:
+            raise batch.error
+
+    async def _flush(self, batch: _Batch) -> None:
+        async def insert(conn: aiosqlite.Connection) -> None:
+            # Detached only now that the lock is ours, so callers arriving while the previous
+            # transaction ran have all joined this one.
+            if self._pending is batch:
+                self._pending = None
+            await conn.executemany(_INSERT, batch.rows)
+
+        try:
+            await self._write("enqueue", insert)
+        except sqlite3.IntegrityError as exc:
+            batch.error = ValueError(f"a job id in this batch already exists: {exc}")
+            batch.error.__cause__ = exc
+        except Exception as exc:
+            batch.error = exc
+        except BaseException:
+            batch.error = StoreUnavailable("enqueue was interrupted before it committed")
+            raise
+        finally:
+            if self._pending is batch:
+                self._pending = None
+            batch.done.set()
+
+    async def claim(
+        self, handles: Sequence[str], limit: int, *, now: float, lease: float
+    ) -> list[ClaimedJob]:
+        """Claim up to ``limit`` due jobs of ``handles`` for ``lease`` seconds.
+
+        Jobs whose lease expired after their last allowed attempt are failed with outcome
+        ``LEASE_LOST`` in the same transaction.
+        """
+        if not handles or limit <= 0:
+            return []
+        names = list(dict.fromkeys(handles))
+        placeholders = ", ".join(f":h{i}" for i in range(len(names)))
+        params: dict[str, Any] = {f"h{i}": name for i, name in enumerate(names)}
+        token = uuid4().hex
+        until = now + lease
+
+        async def body(conn: aiosqlite.Connection) -> list[Any]:
+            await conn.execute(
+                _FAIL_LOST.format(handles=placeholders),
+                {**params, "now": now, "error": LEASE_LOST_ERROR},
+            )
+            rows = await conn.execute_fetchall(
+                _CLAIM.format(handles=placeholders),
+                {**params, "now": now, "token": token, "until": until, "limit": limit},
+            )
+            return list(rows)
+
+        rows = await self._write("claim", body)
+        claimed = [
+            ClaimedJob(
+                id=UUID(row[0]),
+                handle=row[1],
+                payload=row[2],
+                attempt=row[3],
+                max_attempts=row[4],
+                run_at=row[5],
+                token=token,
+                lease_until=until,
+            )
+            for row in rows
+        ]
+        claimed.sort(key=lambda job: (job.run_at, str(job.id)))
+        return claimed
+
+    async def renew(self, leases: Sequence[Lease], *, now: float, lease: float) -> set[UUID]:
+        """Extend held leases to ``now + lease``; return the ids still held."""
+        if not leases:
+            return set()
+        pairs = json.dumps([[str(item.id), item.token] for item in leases])
+
+        async def body(conn: aiosqlite.Connection) -> list[Any]:
+            return list(await conn.execute_fetchall(_RENEW, (now + lease, pairs)))
+
+        return {UUID(row[0]) for row in await self._write("renew", body)}
+
+    async def finish(self, results: Sequence[Finish]) -> set[UUID]:
+        """Record the end of runs; return the ids whose token matched.
+
+        Raises:
+            ValueError: a result's state is ``RUNNING``.
+        """
+        if not results:
+            return set()
+        for result in results:
+            check_finish_state(result.state)
+        data = json.dumps(
+            [
+                [
+                    str(r.id),
+                    r.token,
+                    r.state.value,
+                    r.outcome.value,
+                    r.finished_at,
+                    r.error,
+                    r.retry_at,
+                ]
+                for r in results
+            ]
+        )
+
+        async def body(conn: aiosqlite.Connection) -> list[Any]:
+            return list(await conn.execute_fetchall(_FINISH, (data,)))
+
+        return {UUID(row[0]) for row in await self._write("finish", body)}
+
+    async def release(self, leases: Sequence[Lease], *, now: float) -> None:
+        """Give held jobs back, due at ``now``, without counting the attempt."""
+        if not leases:
+            return
+        pairs = json.dumps([[str(item.id), item.token] for item in leases])
+
+        async def body(conn: aiosqlite.Connection) -> None:
+            await conn.execute(_RELEASE, (now, pairs))
+
+        await self._write("release", body)
+
+    async def get_job(self, job_id: UUID) -> JobInfo | None:
+        """Read one job, or None if the id is unknown."""
+        rows = await self._read(
+            f"SELECT {_JOB_COLUMNS} FROM sidecars_jobs WHERE id = ?", (str(job_id),)
+        )
+        if not rows:
+            return None
+        (
+            id_,
+            handle,
+            state,
+            outcome,
+            payload,
+            attempts,
+            max_attempts,
+            run_at,
+            created_at,
+            started_at,
+            finished_at,
+            _lease_until,
+            error,
+        ) = rows[0]
+        return JobInfo(
+            id=UUID(id_),
+            handle=handle,
+            run_type=RunType.DEFERRED,
+            state=JobState(state),
+            outcome=None if outcome is None else Outcome(outcome),
+            attempts=attempts,
+            max_attempts=max_attempts,
+            payload=json.loads(payload),
+            created_at=to_datetime(created_at),
+            run_at=to_datetime(run_at),
+            started_at=None if started_at is None else to_datetime(started_at),
+            finished_at=None if finished_at is None else to_datetime(finished_at),
+            error=error,
+        )
+
+    async def next_wakeup(self, handles: Sequence[str]) -> float | None:
+        """The earliest time a job of ``handles`` becomes claimable, or None."""
+        if not handles:
+            return None
+        names = list(dict.fromkeys(handles))
+        placeholders = ", ".join(f":h{i}" for i in range(len(names)))
+        rows = await self._read(
+            _NEXT_WAKEUP.format(handles=placeholders),
+            {f"h{i}": name for i, name in enumerate(names)},
+        )
+        value = rows[0][0] if rows else None
+        return None if value is None else float(value)
+
+
+def check_sqlite_version(version: tuple[int, int, int]) -> None:
+    """Refuse a SQLite library older than :data:`MIN_SQLITE_VERSION`.
+
+    Raises:
+        StoreUnavailable: ``version`` is too old.
+    """
+    if version < MIN_SQLITE_VERSION:
+        found = ".".join(map(str, version))
+        need = ".".join(map(str, MIN_SQLITE_VERSION))
+        raise StoreUnavailable(
+            f"SQLiteStore needs SQLite >= {need} (for UPDATE ... RETURNING); this Python "
+            f"is linked against SQLite {found}. Upgrade Python or use another store."
+        )
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    if isinstance(code, int):
+        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    message = str(exc)
+    return "database is locked" in message or "database table is locked" in message
+
+
+async def _rollback(conn: aiosqlite.Connection) -> None:
+    # SQLite may already have rolled back on the error (for example a full disk).
+    with contextlib.suppress(sqlite3.OperationalError):
+        await conn.execute("ROLLBACK")
+
+
+def _daemonize(conn: aiosqlite.Connection) -> None:
+    # aiosqlite runs each connection on a non-daemon thread (0.21+ holds it as `_thread`;
+    # older versions are the thread), which would keep the interpreter waiting forever at
+    # exit for a store a script opened with an enqueue and never closed. Every write has
+    # committed before its call returned, so letting that idle thread die with the process
+    # loses nothing; the WAL is checkpointed by the next connection.
+    thread: object = conn if isinstance(conn, threading.Thread) else getattr(conn, "_thread", None)
+    if isinstance(thread, threading.Thread) and not thread.is_alive():
+        thread.daemon = True
