@@ -30,11 +30,14 @@ OUTBOX = DATA_DIR / "outbox"
 sc = Sidecars(grace=10)
 
 
+EMAIL = r"^[^@\s]+@[^@\s]+$"
+
+
 class WelcomeMail(BaseModel):
     """The payload of the welcome mail job."""
 
-    email: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
-    name: str = ""
+    email: str = Field(pattern=EMAIL)
+    name: str = Field(default="", max_length=100)
 
 
 @sc.sidecar(handle="mail_welcome", run_type=RunType.MEMORY, concurrency=3, timeout=30)
@@ -69,8 +72,8 @@ async def busy(request: Request, exc: Exception) -> JSONResponse:
 class Signup(BaseModel):
     """A signup request."""
 
-    email: str
-    name: str = ""
+    email: str = Field(pattern=EMAIL)
+    name: str = Field(default="", max_length=100)
 
 
 @app.post("/signup", status_code=202)

@@ -160,6 +160,10 @@ class MemoryPool:
     def close_intake(self) -> None:
         self._send.close()
 
+    def close(self) -> None:
+        self._send.close()
+        self._receive.close()
+
     def drop_pending(self) -> int:
         """Drop every job still queued (shutdown after grace); return how many."""
         dropped = 0

@@ -94,18 +94,22 @@ class Runner:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Runner]:
         """Start every worker; on exit, shut down within the grace period."""
-        async with anyio.create_task_group() as tg:
-            for handle, sidecar in self.app.sidecars.items():
-                if sidecar.run_type is RunType.MEMORY:
-                    pool = MemoryPool(self, sidecar)
-                    pool.start(tg)
-                    self.pools[handle] = pool
-            self.accepting = True
-            try:
-                yield self
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await self._shutdown(tg)
+        try:
+            async with anyio.create_task_group() as tg:
+                for handle, sidecar in self.app.sidecars.items():
+                    if sidecar.run_type is RunType.MEMORY:
+                        pool = MemoryPool(self, sidecar)
+                        pool.start(tg)
+                        self.pools[handle] = pool
+                self.accepting = True
+                try:
+                    yield self
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await self._shutdown(tg)
+        finally:
+            for pool in self.pools.values():
+                pool.close()
 
     async def _shutdown(self, tg: anyio.abc.TaskGroup) -> None:
         self.accepting = False
