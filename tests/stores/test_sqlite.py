@@ -1,0 +1,248 @@
+"""SQLiteStore behaviour beyond the contract: durability, schema, locking, group commit."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import anyio
+import pytest
+
+from sidecars._records import JobState
+from sidecars.exceptions import StoreUnavailable
+from sidecars.stores import SQLiteStore
+from sidecars.stores import sqlite as sqlite_module
+
+from ._support import NOW, new_job
+
+pytestmark = pytest.mark.anyio
+
+
+def raw(path: Path) -> sqlite3.Connection:
+    """A plain second connection, as another process would have."""
+    return sqlite3.connect(path, isolation_level=None)
+
+
+class TestConfiguration:
+    @pytest.mark.parametrize("value", ["OFF", "EXTRA", "normal!", ""])
+    def test_synchronous_validated(self, tmp_path: Path, value: str) -> None:
+        """Only NORMAL and FULL are accepted for synchronous."""
+        with pytest.raises(ValueError, match="synchronous"):
+            SQLiteStore(tmp_path / "x.db", synchronous=value)
+
+    def test_negative_busy_timeout(self, tmp_path: Path) -> None:
+        """A negative busy timeout is refused."""
+        with pytest.raises(ValueError, match="busy_timeout"):
+            SQLiteStore(tmp_path / "x.db", busy_timeout=-1)
+
+    @pytest.mark.parametrize(("value", "pragma"), [("NORMAL", 1), ("full", 2)])
+    async def test_synchronous_applied(self, tmp_path: Path, value: str, pragma: int) -> None:
+        """The connection runs in WAL mode with the chosen synchronous level."""
+        store = SQLiteStore(tmp_path / "x.db", synchronous=value)
+        await store.open()
+        try:
+            conn = store._conn
+            assert conn is not None
+            rows = list(await conn.execute_fetchall("PRAGMA synchronous"))
+            assert rows[0][0] == pragma
+            rows = list(await conn.execute_fetchall("PRAGMA journal_mode"))
+            assert rows[0][0] == "wal"
+        finally:
+            await store.close()
+
+    def test_old_sqlite_refused(self) -> None:
+        """A SQLite library older than 3.35 is refused with a clear message."""
+        with pytest.raises(StoreUnavailable, match=r"3\.35"):
+            sqlite_module.check_sqlite_version((3, 34, 1))
+        sqlite_module.check_sqlite_version((3, 35, 0))
+
+    async def test_old_sqlite_refused_at_open(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Opening on a too-old SQLite raises StoreUnavailable and creates nothing."""
+        monkeypatch.setattr(sqlite_module.sqlite3, "sqlite_version_info", (3, 31, 1))
+        store = SQLiteStore(tmp_path / "x.db")
+        with pytest.raises(StoreUnavailable):
+            await store.open()
+        assert not (tmp_path / "x.db").exists()
+
+    async def test_unopenable_path(self, tmp_path: Path) -> None:
+        """A path that cannot be opened raises StoreUnavailable."""
+        store = SQLiteStore(tmp_path / "missing-dir" / "x.db")
+        with pytest.raises(StoreUnavailable):
+            await store.open()
+
+
+class TestLifecycle:
+    async def test_durable_across_reopen(self, tmp_path: Path) -> None:
+        """Jobs and their states survive closing the store and opening a new one."""
+        path = tmp_path / "jobs.db"
+        first = SQLiteStore(path)
+        jobs = [new_job(), new_job()]
+        await first.enqueue(jobs)
+        (claimed,) = await first.claim(["h"], 1, now=NOW, lease=30)
+        await first.close()
+        await first.close()
+
+        second = SQLiteStore(path)
+        try:
+            info = await second.get_job(claimed.id)
+            assert info is not None
+            assert info.state is JobState.RUNNING
+            assert info.attempts == 1
+            others = [j for j in jobs if j.id != claimed.id]
+            assert await second.get_job(others[0].id) is not None
+        finally:
+            await second.close()
+
+    async def test_reopens_after_close(self, tmp_path: Path) -> None:
+        """A closed store opens again when it is used."""
+        store = SQLiteStore(tmp_path / "jobs.db")
+        job = new_job()
+        await store.enqueue([job])
+        await store.close()
+        try:
+            assert await store.get_job(job.id) is not None
+        finally:
+            await store.close()
+
+    async def test_lazy_open_happens_once(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Many tasks enqueueing before open share one connection, opened once."""
+        store = SQLiteStore(tmp_path / "jobs.db")
+        calls = 0
+        connect = store._connect
+
+        async def counting_connect() -> object:
+            nonlocal calls
+            calls += 1
+            return await connect()
+
+        monkeypatch.setattr(store, "_connect", counting_connect)
+        try:
+            async with anyio.create_task_group() as tg:
+                for _ in range(50):
+                    tg.start_soon(store.enqueue, [new_job()])
+                    tg.start_soon(store.open)
+        finally:
+            await store.close()
+        assert calls == 1
+
+    async def test_one_migration_version(self, tmp_path: Path) -> None:
+        """After opening twice the migrations table holds exactly one row per version."""
+        path = tmp_path / "jobs.db"
+        for _ in range(2):
+            store = SQLiteStore(path)
+            await store.open()
+            await store.close()
+        conn = raw(path)
+        try:
+            rows = conn.execute("SELECT version, applied_at FROM sidecars_migrations").fetchall()
+        finally:
+            conn.close()
+        assert [r[0] for r in rows] == [1]
+        assert rows[0][1] > 0
+
+    async def test_newer_schema_refused(self, tmp_path: Path) -> None:
+        """A file migrated by a newer sidecars is refused rather than misread."""
+        path = tmp_path / "jobs.db"
+        store = SQLiteStore(path)
+        await store.open()
+        await store.close()
+        conn = raw(path)
+        conn.execute("INSERT INTO sidecars_migrations VALUES (999, 0)")
+        conn.close()
+        with pytest.raises(StoreUnavailable, match="999"):
+            await SQLiteStore(path).open()
+
+
+class TestLocking:
+    async def test_waits_out_a_short_lock(self, tmp_path: Path) -> None:
+        """A write lock held briefly by another connection delays a call but does not fail it."""
+        path = tmp_path / "jobs.db"
+        store = SQLiteStore(path, busy_timeout=0.05)
+        await store.open()
+        other = raw(path)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(store.enqueue, [new_job()])
+                await anyio.sleep(0.2)
+                other.execute("COMMIT")
+            assert len(await store.claim(["h"], 10, now=NOW, lease=30)) == 1
+        finally:
+            other.close()
+            await store.close()
+
+    async def test_gives_up_with_store_unavailable(self, tmp_path: Path) -> None:
+        """A lock that outlasts every retry raises StoreUnavailable, not a raw sqlite3 error."""
+        path = tmp_path / "jobs.db"
+        store = SQLiteStore(path, busy_timeout=0.01)
+        await store.open()
+        other = raw(path)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            with pytest.raises(StoreUnavailable, match="locked"):
+                await store.claim(["h"], 1, now=NOW, lease=30)
+            other.execute("ROLLBACK")
+            # The connection is usable again once the lock is gone.
+            await store.enqueue([new_job()])
+        finally:
+            other.close()
+            await store.close()
+
+
+class TestGroupCommit:
+    async def test_concurrent_enqueues_share_transactions(self, tmp_path: Path) -> None:
+        """Concurrent enqueues are committed in far fewer transactions than calls."""
+        store = SQLiteStore(tmp_path / "jobs.db")
+        await store.open()
+        inserts = 0
+        original = sqlite_module.SQLiteStore._flush
+
+        async def counting_flush(self: SQLiteStore, batch: sqlite_module._Batch) -> None:
+            nonlocal inserts
+            inserts += 1
+            await original(self, batch)
+
+        try:
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(sqlite_module.SQLiteStore, "_flush", counting_flush)
+                async with anyio.create_task_group() as tg:
+                    for i in range(300):
+                        tg.start_soon(store.enqueue, [new_job(run_at=NOW + i)])
+            assert len(await store.claim(["h"], 1000, now=NOW + 300, lease=30)) == 300
+        finally:
+            await store.close()
+        assert inserts <= 10
+
+    async def test_batch_error_reaches_every_caller(self, tmp_path: Path) -> None:
+        """When one job of a group fails, every caller of that group gets the error."""
+        store = SQLiteStore(tmp_path / "jobs.db")
+        existing = new_job()
+        await store.enqueue([existing])
+        errors: list[BaseException] = []
+
+        async def enqueue(job_id_taken: bool) -> None:
+            job = new_job(job_id=existing.id) if job_id_taken else new_job()
+            try:
+                await store.enqueue([job])
+            except ValueError as exc:
+                errors.append(exc)
+
+        try:
+            async with anyio.create_task_group() as tg:
+                # Holding the connection's lock makes every call below join one group.
+                await store._lock.acquire()
+                for i in range(10):
+                    tg.start_soon(enqueue, i == 4)
+                await anyio.wait_all_tasks_blocked()
+                assert store._pending is not None
+                assert len(store._pending.rows) == 10
+                store._lock.release()
+            assert len(errors) == 10
+            assert await store.next_wakeup(["h"]) == NOW  # only the first job is stored
+            assert len(await store.claim(["h"], 100, now=NOW, lease=30)) == 1
+        finally:
+            await store.close()
