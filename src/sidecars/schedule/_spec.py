@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ("MAX_YEAR", "MIN_YEAR", "CalendarSpec", "days_in_month", "weekday_of_first")
+__all__ = (
+    "MAX_YEAR",
+    "MIN_YEAR",
+    "CalendarSpec",
+    "can_fire",
+    "days_in_month",
+    "is_leap",
+    "ordinal",
+    "weekday_of_first",
+)
 
 MIN_YEAR = 1970
 MAX_YEAR = 2199
@@ -67,6 +76,8 @@ class CalendarSpec:
         dow_nth: ``(weekday, n)`` for the n-th weekday of the month, ``n == -1`` for the last.
         day_and: both day rules must hold (cron: one of the two fields starts with ``*``);
             otherwise a day matching either rule matches.
+        times: explicit sorted seconds of the day (declarative ``at=``), used instead of the
+            product of hours, minutes and seconds when set.
         fixed: local times are fixed times of day (DST: a gap fires once after it, a repeated
             time fires once); otherwise a wildcard pattern that fires at every real instant
             whose wall clock matches.
@@ -85,6 +96,7 @@ class CalendarSpec:
     dow_nth: frozenset[tuple[int, int]]
     day_and: bool
     fixed: bool
+    times: tuple[int, ...] | None = None
     _shapes: dict[tuple[int, int], tuple[int, ...]] = field(
         default_factory=dict, init=False, repr=False, compare=False, hash=False
     )
@@ -133,3 +145,22 @@ class CalendarSpec:
     def month_days(self, year: int, month: int) -> tuple[int, ...]:
         """Matching days of ``month`` in ``year`` (the month and year sets are not checked)."""
         return self.days(days_in_month(year, month), weekday_of_first(year, month))
+
+
+def can_fire(spec: CalendarSpec) -> bool:
+    """Whether any day ever matches.
+
+    Weekdays repeat exactly every 400 Gregorian years (146,097 days are 20,871 weeks), and a
+    month's matching days depend only on its length and the weekday of its 1st, so checking
+    one 400-year cycle (or every allowed year, when there are fewer) decides it exactly.
+    """
+    years = spec.years if spec.years is not None else range(2000, 2400)
+    seen: set[tuple[bool, int]] = set()
+    for year in years:
+        kind = (is_leap(year), weekday_of_first(year, 1))
+        if kind in seen:
+            continue
+        seen.add(kind)
+        if any(spec.month_days(year, month) for month in spec.months):
+            return True
+    return False
