@@ -246,3 +246,18 @@ class TestGroupCommit:
             assert len(await store.claim(["h"], 100, now=NOW, lease=30)) == 1
         finally:
             await store.close()
+
+
+class TestClaimQuery:
+    @pytest.mark.parametrize("extra_handles", [0, 3, 260])
+    async def test_many_handles_oldest_first(self, tmp_path: Path, extra_handles: int) -> None:
+        """Claims over one, a few, or hundreds of handles return the oldest due jobs first."""
+        store = SQLiteStore(tmp_path / "jobs.db")
+        handles = ["a", "b"] + [f"x{i}" for i in range(extra_handles)]
+        jobs = [new_job(handles[i % len(handles)], run_at=NOW - i) for i in range(40)]
+        try:
+            await store.enqueue(jobs)
+            claimed = await store.claim(handles, 5, now=NOW, lease=30)
+            assert [j.run_at for j in claimed] == [NOW - i for i in range(39, 34, -1)]
+        finally:
+            await store.close()

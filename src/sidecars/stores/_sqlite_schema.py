@@ -41,7 +41,7 @@ _V1 = (
     # Partial indexes: finished jobs, the bulk of an old table, are in neither, so a claim
     # walks only live rows, in due order per handle.
     """
-    CREATE INDEX sidecars_jobs_queued ON sidecars_jobs (handle, run_at)
+    CREATE INDEX sidecars_jobs_queued ON sidecars_jobs (handle, run_at, id)
         WHERE state = 'queued'
     """,
     """

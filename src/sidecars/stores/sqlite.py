@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import random
@@ -60,19 +61,17 @@ WHERE state = 'running' AND handle IN ({handles}) AND lease_until <= :now
     AND attempts >= max_attempts
 """
 
-# Each branch is limited on its own so it stops early on its partial index; the outer
-# ORDER BY merges them. RETURNING order is unspecified, so the caller sorts again.
+# One branch per handle, each limited on its own, so every branch is a short ordered walk
+# of the partial index however large the backlog; the outer ORDER BY merges them. Expired
+# leases are rare, so one branch covers them for all handles. RETURNING order is
+# unspecified, so the caller sorts again.
 _CLAIM = """
 UPDATE sidecars_jobs
 SET state = 'running', attempts = attempts + 1, token = :token, lease_until = :until,
     started_at = :now
 WHERE id IN (
     SELECT id FROM (
-        SELECT id, run_at FROM (
-            SELECT id, run_at FROM sidecars_jobs
-            WHERE state = 'queued' AND handle IN ({handles}) AND run_at <= :now
-            ORDER BY run_at, id LIMIT :limit
-        )
+        {queued}
         UNION ALL
         SELECT id, run_at FROM (
             SELECT id, run_at FROM sidecars_jobs
@@ -84,6 +83,32 @@ WHERE id IN (
 )
 RETURNING id, handle, payload, attempts, max_attempts, run_at
 """
+
+_CLAIM_QUEUED = """
+        SELECT id, run_at FROM (
+            SELECT id, run_at FROM sidecars_jobs
+            WHERE state = 'queued' AND handle {match} AND run_at <= :now
+            ORDER BY run_at, id LIMIT :limit
+        )"""
+
+# SQLite caps a compound SELECT at 500 terms by default; past this many handles the
+# queued jobs are read in one branch instead (correct, only slower on a large backlog).
+_MAX_HANDLE_BRANCHES = 200
+
+
+@functools.lru_cache(maxsize=64)
+def _claim_sql(n_handles: int) -> str:
+    handles = _placeholders(n_handles)
+    if n_handles <= _MAX_HANDLE_BRANCHES:
+        branches = [_CLAIM_QUEUED.format(match=f"= :h{i}") for i in range(n_handles)]
+    else:
+        branches = [_CLAIM_QUEUED.format(match=f"IN ({handles})")]
+    return _CLAIM.format(queued="\n        UNION ALL".join(branches), handles=handles)
+
+
+def _placeholders(n_handles: int) -> str:
+    return ", ".join(f":h{i}" for i in range(n_handles))
+
 
 # Batches travel as one JSON array bound to a single parameter, so a call is one statement
 # however many leases it carries.
@@ -393,7 +418,7 @@ class SQLiteStore:
         try:
             await self._write("enqueue", insert)
         except sqlite3.IntegrityError as exc:
-            batch.error = ValueError(f"a job id in this batch already exists: {exc}")
+            batch.error = ValueError(f"cannot enqueue this batch (is a job id taken?): {exc}")
             batch.error.__cause__ = exc
         except Exception as exc:
             batch.error = exc
@@ -416,7 +441,7 @@ class SQLiteStore:
         if not handles or limit <= 0:
             return []
         names = list(dict.fromkeys(handles))
-        placeholders = ", ".join(f":h{i}" for i in range(len(names)))
+        placeholders = _placeholders(len(names))
         params: dict[str, Any] = {f"h{i}": name for i, name in enumerate(names)}
         token = uuid4().hex
         until = now + lease
@@ -427,7 +452,7 @@ class SQLiteStore:
                 {**params, "now": now, "error": LEASE_LOST_ERROR},
             )
             rows = await conn.execute_fetchall(
-                _CLAIM.format(handles=placeholders),
+                _claim_sql(len(names)),
                 {**params, "now": now, "token": token, "until": until, "limit": limit},
             )
             return list(rows)
@@ -544,7 +569,7 @@ class SQLiteStore:
         if not handles:
             return None
         names = list(dict.fromkeys(handles))
-        placeholders = ", ".join(f":h{i}" for i in range(len(names)))
+        placeholders = _placeholders(len(names))
         rows = await self._read(
             _NEXT_WAKEUP.format(handles=placeholders),
             {f"h{i}": name for i, name in enumerate(names)},
