@@ -206,7 +206,11 @@ def test_unsupported_payload_type() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
-    [({"grace": -1}, "grace"), ({"memory_history": -5}, "memory_history"), ({"max_threads": 0}, "max_threads")],
+    [
+        ({"grace": -1}, "grace"),
+        ({"memory_history": -5}, "memory_history"),
+        ({"max_threads": 0}, "max_threads"),
+    ],
 )
 def test_bad_instance_settings(kwargs: dict[str, object], field: str) -> None:
     """Sidecars(...) checks its own settings."""

@@ -29,9 +29,9 @@ class Item(BaseModel):
     tags: list[str] = []
 
 
-async def wait_until(predicate: object, timeout: float = 5.0) -> None:
+async def wait_until(predicate: object, limit: float = 5.0) -> None:
     """Poll a condition in short steps (for work running in real time)."""
-    with anyio.fail_after(timeout):
+    with anyio.fail_after(limit):
         while not predicate():  # type: ignore[operator]
             await anyio.sleep(0.005)
 

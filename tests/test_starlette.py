@@ -107,7 +107,7 @@ def test_async_generator_lifespan_is_accepted() -> None:
 def test_getter_raises_lookup_error_without_lifespan() -> None:
     """get_sidecars raises LookupError for an app without a sidecars lifespan."""
     app = Starlette()
-    with pytest.raises(LookupError, match="lifespan=sc.lifespan"):
+    with pytest.raises(LookupError, match=r"lifespan=sc\.lifespan"):
         get_sidecars(app)
 
     async def endpoint(request: Request) -> Response:

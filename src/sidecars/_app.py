@@ -9,8 +9,8 @@ from typing import Any, TypeVar, overload
 from uuid import UUID
 
 from ._clock import Clock, SystemClock
+from ._memory import History, MemoryPool
 from ._records import JobInfo, JobRef, RunType
-from ._memory import History
 from ._runner import Runner
 from ._sidecar import _UNSET, Handler, OnFull, Sidecar
 from ._stats import HandleStats, Stats
@@ -56,9 +56,14 @@ class Sidecars:
     ) -> None:
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.grace = _positive("grace", grace)
-        if isinstance(memory_history, bool) or not isinstance(memory_history, int) or memory_history < 0:
+        if (
+            isinstance(memory_history, bool)
+            or not isinstance(memory_history, int)
+            or memory_history < 0
+        ):
             raise InvalidDeclaration(
-                f"Sidecars: field 'memory_history': expected an integer >= 0, got {memory_history!r}"
+                "Sidecars: field 'memory_history': expected an integer >= 0, "
+                f"got {memory_history!r}"
             )
         self.memory_history = memory_history
         if isinstance(max_threads, bool) or not isinstance(max_threads, int) or max_threads < 1:
@@ -212,7 +217,7 @@ class Sidecars:
 
     # -- sending and reading ---------------------------------------------------------------
 
-    def _memory_pool(self, sidecar: Sidecar[Any]) -> Any:
+    def _memory_pool(self, sidecar: Sidecar[Any]) -> MemoryPool:
         runner = self._runner
         if runner is None:
             raise NotRunning(
@@ -275,5 +280,3 @@ class Sidecars:
     def __repr__(self) -> str:
         state = "running" if self.is_running else "stopped"
         return f"<Sidecars {len(self.sidecars)} sidecar(s), {state}>"
-
-

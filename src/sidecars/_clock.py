@@ -50,7 +50,8 @@ class SystemClock:
 
     async def sleep_until(self, deadline: float) -> None:
         """Sleep in bounded chunks, re-reading wall time after each."""
-        while (remaining := deadline - self.time()) > 0:
+        # Polling in chunks on purpose: see _MAX_SLEEP_CHUNK.
+        while (remaining := deadline - self.time()) > 0:  # noqa: ASYNC110
             await anyio.sleep(min(remaining, _MAX_SLEEP_CHUNK))
 
     def __repr__(self) -> str:

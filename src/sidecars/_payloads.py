@@ -40,7 +40,7 @@ def _first_difference(before: Any, after: Any, path: tuple[int | str, ...]) -> t
         and type(before) is type(after)
         and len(before) == len(after)
     ):
-        for i, (b, a) in enumerate(zip(before, after)):
+        for i, (b, a) in enumerate(zip(before, after, strict=True)):
             if b != a or _has_non_finite(b):
                 return _first_difference(b, a, (*path, i))
     if isinstance(before, (bytes, bytearray)):
@@ -98,9 +98,7 @@ class PayloadCodec:
             ) from exc
 
     def _errors(self, exc: ValidationError) -> PayloadError:
-        return PayloadError(
-            self.handle, [(_loc(err["loc"]), err["msg"]) for err in exc.errors()]
-        )
+        return PayloadError(self.handle, [(_loc(err["loc"]), err["msg"]) for err in exc.errors()])
 
     def encode(self, value: Any) -> tuple[str, Any]:
         """Validate ``value`` and return its JSON text and the copy rebuilt from that JSON.

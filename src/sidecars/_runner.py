@@ -85,9 +85,11 @@ class Runner:
             try:
                 await loop()
                 return
-            except Exception:
+            except Exception:  # noqa: PERF203 - the loop is the supervisor's whole job
                 self.loop_restarts += 1
-                log.exception("sidecars: background loop %s failed; restarting in %.1fs", name, backoff)
+                log.exception(
+                    "sidecars: background loop %s failed; restarting in %.1fs", name, backoff
+                )
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, max_backoff)
 
@@ -134,12 +136,8 @@ class Runner:
             )
             for handle, pool in self.pools.items():
                 if pool.running or pool.pending:
-                    log.warning(
-                        "sidecars: %r: %d running job(s) cancelled", handle, pool.running
-                    )
+                    log.warning("sidecars: %r: %d running job(s) cancelled", handle, pool.running)
         tg.cancel_scope.cancel()
 
     def memory_pool(self, handle: str) -> MemoryPool:
         return self.pools[handle]
-
-

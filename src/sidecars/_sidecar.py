@@ -161,8 +161,11 @@ class Sidecar(Generic[P]):
         self.run_type = run_type
         self.handler = handler
         self.where = _where(handler)
-        target = getattr(handler, "__call__", handler) if not inspect.isfunction(handler) else handler
-        self.is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(target)
+        # A callable object is async when its class's __call__ is.
+        self.is_async = inspect.iscoroutinefunction(handler) or (
+            not inspect.isroutine(handler)
+            and inspect.iscoroutinefunction(type(handler).__call__)
+        )
 
         if schedule is not None and not isinstance(schedule, Trigger):
             raise InvalidDeclaration(

@@ -65,9 +65,7 @@ async def execute(
                 if sidecar.is_async:
                     await handler(context)  # type: ignore[misc]
                 else:
-                    await anyio.to_thread.run_sync(
-                        handler, context, limiter=runner.thread_limiter
-                    )
+                    await anyio.to_thread.run_sync(handler, context, limiter=runner.thread_limiter)
             if scope.cancel_called:
                 log.warning(
                     "sidecar %r job %s timed out after %ss (attempt %d)",
@@ -78,9 +76,7 @@ async def execute(
                 )
                 return Outcome.TIMEOUT, f"timed out after {timeout}s"
     except Exception as exc:
-        log.error(
-            "sidecar %r job %s failed (attempt %d)", handle, job_id, attempt, exc_info=exc
-        )
+        log.error("sidecar %r job %s failed (attempt %d)", handle, job_id, attempt, exc_info=exc)
         return Outcome.ERROR, _describe(exc)
     if log.isEnabledFor(logging.DEBUG):
         log.debug("sidecar %r job %s succeeded (attempt %d)", handle, job_id, attempt)

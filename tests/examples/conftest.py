@@ -42,7 +42,15 @@ def start_server(data_dir: Path, *extra: str, env: dict[str, str] | None = None)
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full_env.get("PYTHONPATH")]))
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "examples.fastapi_app:app", "--port", str(port), *extra],
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "examples.fastapi_app:app",
+                "--port",
+                str(port),
+                *extra,
+            ],
             cwd=data_dir,
             env=full_env,
             stdout=out,
