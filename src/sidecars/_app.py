@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
+from types import TracebackType
 from typing import Any, TypeVar, overload
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from ._clock import Clock, SystemClock
 from ._memory import History, MemoryPool
@@ -15,7 +17,14 @@ from ._runner import Runner
 from ._sidecar import _UNSET, Handler, OnFull, Sidecar
 from ._stats import HandleStats, Stats
 from ._trigger import Trigger
-from .exceptions import DuplicateHandle, InvalidDeclaration, NotRunning
+from .exceptions import (
+    DuplicateHandle,
+    InvalidDeclaration,
+    NotRunning,
+    ShuttingDown,
+    SidecarsError,
+)
+from .stores._base import NewJob, Store
 
 __all__ = ("Sidecars",)
 
@@ -38,24 +47,57 @@ class Sidecars:
     (``FastAPI(lifespan=sc.lifespan)``) or in a script (``async with sc.run(): ...``).
 
     Args:
+        store: where DEFERRED jobs and schedule fires are kept: a :class:`Store`, or a path
+            for a :class:`~sidecars.stores.SQLiteStore` (default ``"sidecars.db"`` in the
+            working directory). It is opened lazily, on first use.
         clock: where time is read (schedules, leases, records); a :class:`FakeClock` in
             tests. Timeouts always use the event loop's own clock.
         grace: seconds running and queued work gets to finish at shutdown before it is
             cancelled (default 25 s, under Kubernetes' 30 s termination grace).
         memory_history: how many recent MEMORY jobs :meth:`get_job` remembers.
         max_threads: how many sync handlers may run at once in worker threads.
+        lease: seconds a claimed job is held before another runner may take it, unless
+            renewed (default 30).
+        lease_renew: seconds between lease renewals of running jobs (default 10; must be
+            below ``lease``).
+        poll_interval: seconds between looks for work enqueued by other processes (work
+            enqueued in this process is picked up at once).
     """
 
     def __init__(
         self,
+        store: Store | str | os.PathLike[str] | None = None,
         *,
         clock: Clock | None = None,
         grace: float | timedelta = 25.0,
         memory_history: int = 10_000,
         max_threads: int = 40,
+        lease: float | timedelta = 30.0,
+        lease_renew: float | timedelta = 10.0,
+        poll_interval: float | timedelta = 1.0,
     ) -> None:
+        if store is None or isinstance(store, (str, os.PathLike)):
+            from .stores.sqlite import SQLiteStore
+
+            store = SQLiteStore("sidecars.db" if store is None else store)
+        elif not isinstance(store, Store):
+            raise InvalidDeclaration(
+                f"Sidecars: field 'store': expected a Store or a file path, got {store!r}"
+            )
+        self.store: Store = store
+        self._store_open = False
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.grace = _positive("grace", grace)
+        self.lease = _positive("lease", lease)
+        self.lease_renew = _positive("lease_renew", lease_renew)
+        self.poll_interval = _positive("poll_interval", poll_interval)
+        if not 0 < self.lease_renew < self.lease:
+            raise InvalidDeclaration(
+                f"Sidecars: field 'lease_renew': must be above 0 and below lease "
+                f"({self.lease}s), got {self.lease_renew}s"
+            )
+        if self.poll_interval <= 0:
+            raise InvalidDeclaration("Sidecars: field 'poll_interval': must be above 0")
         if (
             isinstance(memory_history, bool)
             or not isinstance(memory_history, int)
@@ -179,23 +221,43 @@ class Sidecars:
     async def run(
         self,
         *,
+        store: Store | None = None,
         clock: Clock | None = None,
         grace: float | timedelta | None = None,
+        consume: bool | None = None,
     ) -> AsyncIterator[Sidecars]:
         """Run every sidecar while the context is entered; shut down gracefully on exit.
 
+        The store is closed on exit (it opens again lazily if used afterwards).
+
         Args:
-            clock: overrides the clock for this run (tests).
-            grace: overrides the shutdown grace for this run.
+            store: overrides the store (tests).
+            clock: overrides the clock (tests).
+            grace: overrides the shutdown grace.
+            consume: whether this process runs DEFERRED jobs and schedules. Default: the
+                environment variable ``SIDECARS_CONSUME`` (``0`` makes a web process
+                enqueue-only), else True. MEMORY jobs always run where they are sent.
         """
         if self._runner is not None:
             raise InvalidDeclaration("Sidecars: this instance is already running")
+        if store is not None:
+            if self._store_open:
+                await self.aclose()
+            self.store = store
         if clock is not None:
             self.clock = clock
+        if consume is None:
+            consume = os.environ.get("SIDECARS_CONSUME", "1").strip().lower() not in (
+                "0",
+                "false",
+                "no",
+                "off",
+            )
         runner = Runner(
             self,
             clock=self.clock,
             grace=self.grace if grace is None else _positive("grace", grace),
+            consume=consume,
         )
         self._runner = runner
         try:
@@ -204,6 +266,30 @@ class Sidecars:
         finally:
             self._runner = None
             self._last_runner = runner
+            await self.aclose()
+
+    async def _open_store(self) -> Store:
+        if not self._store_open:
+            await self.store.open()
+            self._store_open = True
+        return self.store
+
+    async def aclose(self) -> None:
+        """Close the store (it opens again if used later). Safe to call more than once."""
+        if self._store_open:
+            self._store_open = False
+            await self.store.close()
+
+    async def __aenter__(self) -> Sidecars:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
     def lifespan(self, app: Any) -> Any:
         """An ASGI lifespan: ``FastAPI(lifespan=sc.lifespan)`` or ``Starlette(lifespan=...)``.
@@ -247,7 +333,32 @@ class Sidecars:
         run_at: datetime | None,
         delay: timedelta | float | None,
     ) -> list[JobRef]:
-        raise NotRunning(f"sidecar {sidecar.handle!r}: DEFERRED jobs need a store")
+        runner = self._runner
+        if runner is not None and not runner.accepting:
+            raise ShuttingDown(f"sidecar {sidecar.handle!r}: the runner is shutting down")
+        now = self.clock.time()
+        due = _due(sidecar, now, run_at, delay)
+        texts = [sidecar.codec.encode(p)[0] for p in payloads]
+        jobs = [
+            NewJob(
+                id=uuid4(),
+                handle=sidecar.handle,
+                payload=text,
+                run_at=due,
+                created_at=now,
+                max_attempts=sidecar.settings.max_attempts,
+            )
+            for text in texts
+        ]
+        if not jobs:
+            return []
+        store = await self._open_store()
+        await store.enqueue(jobs)
+        if runner is not None:
+            runner.stats_for(sidecar.handle).enqueued += len(jobs)
+            if runner.deferred is not None:
+                runner.deferred.wake()
+        return [JobRef(id=job.id, handle=sidecar.handle) for job in jobs]
 
     async def get_job(self, job_id: UUID | str) -> JobInfo | None:
         """Read a job by id: a recent MEMORY job of this process, or a stored job.
@@ -263,6 +374,11 @@ class Sidecars:
         record = self.history.get(job_id)
         if record is not None:
             return record.info()
+        if self._store_open or any(
+            s.run_type is not RunType.MEMORY for s in self.sidecars.values()
+        ):
+            store = await self._open_store()
+            return await store.get_job(job_id)
         return None
 
     async def stats(self) -> Stats:
@@ -280,3 +396,35 @@ class Sidecars:
     def __repr__(self) -> str:
         state = "running" if self.is_running else "stopped"
         return f"<Sidecars {len(self.sidecars)} sidecar(s), {state}>"
+
+
+def _due(
+    sidecar: Sidecar[Any], now: float, run_at: datetime | None, delay: timedelta | float | None
+) -> float:
+    """When a new DEFERRED job becomes due: ``run_at``, ``delay``, the next fire, or now."""
+    handle = sidecar.handle
+    if run_at is not None and delay is not None:
+        raise ValueError(f"sidecar {handle!r}: give run_at or delay, not both")
+    if run_at is not None:
+        if not isinstance(run_at, datetime) or run_at.utcoffset() is None:
+            raise ValueError(
+                f"sidecar {handle!r}: field 'run_at': expected an aware datetime, got {run_at!r}"
+            )
+        return run_at.timestamp()
+    if delay is not None:
+        seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+            raise ValueError(
+                f"sidecar {handle!r}: field 'delay': expected seconds >= 0 or a timedelta, "
+                f"got {delay!r}"
+            )
+        return now + float(seconds)
+    if sidecar.schedule is not None:
+        fire = sidecar.schedule.next_after(datetime.fromtimestamp(now, timezone.utc))
+        if fire is None:
+            raise SidecarsError(
+                f"sidecar {handle!r}: field 'schedule': the schedule never fires again, so "
+                "the job would never become due; pass run_at= to choose a time"
+            )
+        return fire.timestamp()
+    return now

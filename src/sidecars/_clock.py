@@ -96,7 +96,11 @@ class FakeClock:
             return
         event = anyio.Event()
         heapq.heappush(self._sleepers, (deadline, next(self._seq), event))
-        await event.wait()
+        try:
+            await event.wait()
+        finally:
+            # A cancelled sleeper must not hold up advance(): a set event marks it gone.
+            event.set()
 
     @property
     def next_deadline(self) -> float | None:

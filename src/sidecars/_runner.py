@@ -16,6 +16,8 @@ import anyio
 import anyio.abc
 
 from ._clock import Clock
+from ._crash import CrashPoints
+from ._deferred import DeferredConsumer
 from ._memory import MemoryPool
 from ._records import RunType
 from ._stats import Counters, HandleStats, Stats
@@ -31,10 +33,12 @@ log = logging.getLogger("sidecars")
 class Runner:
     """Runs the sidecars of one :class:`Sidecars` while its context is entered."""
 
-    def __init__(self, app: Sidecars, *, clock: Clock, grace: float) -> None:
+    def __init__(self, app: Sidecars, *, clock: Clock, grace: float, consume: bool) -> None:
         self.app = app
         self.clock = clock
         self.grace = grace
+        self.consume = consume
+        self.deferred: DeferredConsumer | None = None
         self.accepting = False
         self.history = app.history
         self.counters: dict[str, Counters] = {h: Counters() for h in app.sidecars}
@@ -96,13 +100,30 @@ class Runner:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Runner]:
         """Start every worker; on exit, shut down within the grace period."""
+        app = self.app
+        crash = CrashPoints()
+        deferred = [s for s in app.sidecars.values() if s.run_type is RunType.DEFERRED]
+        if deferred and self.consume:
+            # Opened before taking work, so a broken store fails the start loudly.
+            store = await app._open_store()
+            self.deferred = DeferredConsumer(
+                self,
+                deferred,
+                store,
+                lease=app.lease,
+                renew_every=app.lease_renew,
+                poll_interval=app.poll_interval,
+                crash=crash,
+            )
         try:
             async with anyio.create_task_group() as tg:
-                for handle, sidecar in self.app.sidecars.items():
+                for handle, sidecar in app.sidecars.items():
                     if sidecar.run_type is RunType.MEMORY:
                         pool = MemoryPool(self, sidecar)
                         pool.start(tg)
                         self.pools[handle] = pool
+                if self.deferred is not None:
+                    self.deferred.start(tg)
                 self.accepting = True
                 try:
                     yield self
@@ -110,32 +131,48 @@ class Runner:
                     with anyio.CancelScope(shield=True):
                         await self._shutdown(tg)
         finally:
-            for pool in self.pools.values():
-                pool.close()
+            with anyio.CancelScope(shield=True):
+                for pool in self.pools.values():
+                    pool.close()
+                if self.deferred is not None:
+                    released = await self.deferred.release_held()
+                    if released:
+                        log.warning(
+                            "sidecars: gave back %d deferred job(s) cancelled by shutdown; "
+                            "they are due again at once",
+                            released,
+                        )
+                    self.deferred.close()
 
     async def _shutdown(self, tg: anyio.abc.TaskGroup) -> None:
         self.accepting = False
         for pool in self.pools.values():
             pool.close_intake()
+        if self.deferred is not None:
+            await self.deferred.stop_claiming()
         with anyio.move_on_after(self.grace):
             for pool in self.pools.values():
                 await pool.idle.wait()
+            if self.deferred is not None:
+                await self.deferred.idle.wait()
         running = sum(pool.running for pool in self.pools.values())
         dropped = 0
         for handle, pool in self.pools.items():
             n = pool.drop_pending()
             self.counters[handle].dropped += n
             dropped += n
-        if running or dropped:
+        cancelled_deferred = len(self.deferred.held) if self.deferred is not None else 0
+        if running or dropped or cancelled_deferred:
             log.warning(
-                "sidecars: shutdown grace of %ss ran out: cancelling %d running job(s), "
-                "dropping %d queued memory job(s)",
+                "sidecars: shutdown grace of %ss ran out: cancelling %d running memory "
+                "job(s) and %d deferred job(s), dropping %d queued memory job(s)",
                 self.grace,
                 running,
+                cancelled_deferred,
                 dropped,
             )
             for handle, pool in self.pools.items():
-                if pool.running or pool.pending:
+                if pool.running:
                     log.warning("sidecars: %r: %d running job(s) cancelled", handle, pool.running)
         tg.cancel_scope.cancel()
 

@@ -1,0 +1,433 @@
+"""DEFERRED sidecars in a runner: claim due jobs, run them under renewed leases, finish them.
+
+One claim loop serves every deferred handle of the runner. It claims only as many jobs as a
+handle has idle workers, hands them to that handle's long-lived workers, and then sleeps
+until the earliest moment a job can become claimable, an in-process wake-up (an enqueue, a
+freed worker), or the poll interval (work enqueued by another process), whichever is first.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._crash import CrashPoints
+from ._records import JobState, Outcome
+from ._retry import backoff_delay
+from ._worker import execute
+from .exceptions import PayloadError
+from .stores._base import ClaimedJob, Finish, Lease, Store
+
+if TYPE_CHECKING:
+    from ._runner import Runner
+    from ._sidecar import Sidecar
+
+__all__ = ("DeferredConsumer",)
+
+log = logging.getLogger("sidecars")
+
+# How often a failed finish is tried again before the lease is left to expire (the job
+# then runs again elsewhere: at-least-once).
+_FINISH_TRIES = 5
+
+
+class _Held:
+    """A job this process holds under a lease."""
+
+    __slots__ = ("job", "lease_until", "lost", "renewed", "scope")
+
+    def __init__(self, job: ClaimedJob) -> None:
+        self.job = job
+        self.lease_until = job.lease_until
+        self.renewed = True
+        self.lost = False
+        self.scope: anyio.CancelScope | None = None
+
+
+class _Pool:
+    """The workers of one deferred handle and the jobs claimed for them."""
+
+    def __init__(self, sidecar: Sidecar[Any]) -> None:
+        self.sidecar = sidecar
+        self.handle = sidecar.handle
+        self.idle = sidecar.settings.concurrency
+        send: MemoryObjectSendStream[ClaimedJob]
+        receive: MemoryObjectReceiveStream[ClaimedJob]
+        send, receive = anyio.create_memory_object_stream(sidecar.settings.concurrency)
+        self.send = send
+        self.receive = receive
+
+
+class _FinishBatch:
+    __slots__ = ("applied", "done", "error", "items")
+
+    def __init__(self) -> None:
+        self.items: list[Finish] = []
+        self.done = anyio.Event()
+        self.applied: set[UUID] = set()
+        self.error: BaseException | None = None
+
+
+class DeferredConsumer:
+    """Claims and runs the DEFERRED jobs of one runner's handles."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        sidecars: list[Sidecar[Any]],
+        store: Store,
+        *,
+        lease: float,
+        renew_every: float,
+        poll_interval: float,
+        crash: CrashPoints,
+    ) -> None:
+        self.runner = runner
+        self.store = store
+        self.lease = lease
+        self.renew_every = renew_every
+        self.poll_interval = poll_interval
+        self.crash = crash
+        self.pools = {s.handle: _Pool(s) for s in sidecars}
+        self.held: dict[UUID, _Held] = {}
+        self._wake = anyio.Event()
+        self._stopping = False
+        self._claim_scope = anyio.CancelScope()
+        self._workers = 0
+        self.idle = anyio.Event()
+        self._batch: _FinishBatch | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self, tg: anyio.abc.TaskGroup) -> None:
+        for pool in self.pools.values():
+            for i in range(pool.sidecar.settings.concurrency):
+                self._workers += 1
+                tg.start_soon(self._worker, pool, name=f"sidecars deferred {pool.handle}#{i}")
+        tg.start_soon(self._claim_loop_supervised, name="sidecars claim loop")
+        tg.start_soon(self.runner.supervise, "lease renewal", self._renew_loop)
+        if not self._workers:
+            self.idle.set()
+
+    def wake(self) -> None:
+        """Look for due work now (an enqueue in this process, or a freed worker)."""
+        self._wake.set()
+
+    async def stop_claiming(self) -> None:
+        """Shutdown, first step: claim nothing more; give back jobs not yet started."""
+        self._stopping = True
+        self._claim_scope.cancel()
+        unstarted: list[Lease] = []
+        for pool in self.pools.values():
+            while True:
+                try:
+                    job = pool.receive.receive_nowait()
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    break
+                self.held.pop(job.id, None)
+                unstarted.append(Lease(id=job.id, token=job.token))
+            pool.send.close()
+        if unstarted:
+            await self._release(unstarted)
+
+    async def release_held(self) -> int:
+        """Shutdown, last step: give back the leases of runs cancelled by shutdown."""
+        leases = [Lease(id=h.job.id, token=h.job.token) for h in self.held.values()]
+        self.held.clear()
+        if leases:
+            await self._release(leases)
+        return len(leases)
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.send.close()
+            pool.receive.close()
+
+    async def _release(self, leases: list[Lease]) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.store.release(leases, now=self.runner.clock.time())
+            except Exception:
+                log.exception(
+                    "sidecars: could not release %d job(s) at shutdown; they run again when "
+                    "their leases expire",
+                    len(leases),
+                )
+
+    # -- claiming ----------------------------------------------------------------------
+
+    async def _claim_loop_supervised(self) -> None:
+        with self._claim_scope:
+            await self.runner.supervise("claim loop", self._claim_loop)
+
+    async def _claim_loop(self) -> None:
+        clock = self.runner.clock
+        store = self.store
+        spins = 0
+        while not self._stopping:
+            # A fresh event before looking, so a wake-up that arrives meanwhile is kept.
+            self._wake = anyio.Event()
+            for pool in self.pools.values():
+                if pool.idle <= 0:
+                    continue
+                jobs = await store.claim(
+                    [pool.handle], pool.idle, now=clock.time(), lease=self.lease
+                )
+                for job in jobs:
+                    self.held[job.id] = _Held(job)
+                    pool.idle -= 1
+                    pool.send.send_nowait(job)
+                    self.crash.reached("after_claim")
+            free = [p.handle for p in self.pools.values() if p.idle > 0]
+            due = await store.next_wakeup(free) if free else None
+            if due is not None and due <= clock.time():
+                # Claimable already (it became due while we were claiming): look again at
+                # once, unless the store keeps saying so without giving us anything.
+                spins += 1
+                if spins <= 3:
+                    await anyio.lowlevel.checkpoint()
+                    continue
+                due = None
+            spins = 0
+            await self._wait(due)
+
+    async def _wait(self, due: float | None) -> None:
+        wake = self._wake
+        if wake.is_set():
+            return
+        clock = self.runner.clock
+        # The poll interval is real time: it exists to notice other processes' work.
+        with anyio.move_on_after(self.poll_interval):
+            async with anyio.create_task_group() as tg:
+
+                async def until_due(when: float) -> None:
+                    await clock.sleep_until(when)
+                    tg.cancel_scope.cancel()
+
+                if due is not None:
+                    tg.start_soon(until_due, due)
+                await wake.wait()
+                tg.cancel_scope.cancel()
+
+    # -- leases ------------------------------------------------------------------------
+
+    async def _renew_loop(self) -> None:
+        clock = self.runner.clock
+        while True:
+            deadline = clock.time() + self.renew_every
+            at_risk = [h.lease_until for h in self.held.values() if not h.renewed]
+            if at_risk:
+                deadline = min(deadline, min(at_risk))
+            await clock.sleep_until(deadline)
+            if not self.held:
+                continue
+            now = clock.time()
+            held = list(self.held.values())
+            try:
+                kept = await self.store.renew(
+                    [Lease(id=h.job.id, token=h.job.token) for h in held],
+                    now=now,
+                    lease=self.lease,
+                )
+            except Exception:
+                log.warning("sidecars: lease renewal failed; will retry", exc_info=True)
+                kept = set()
+            for h in held:
+                if h.job.id in kept:
+                    h.lease_until = now + self.lease
+                    h.renewed = True
+                    continue
+                h.renewed = False
+                if now >= h.lease_until and not h.lost:
+                    # Past the lease deadline another runner may hold the job: stop.
+                    h.lost = True
+                    if h.scope is not None:
+                        h.scope.cancel()
+
+    # -- running -----------------------------------------------------------------------
+
+    async def _worker(self, pool: _Pool) -> None:
+        receive = pool.receive
+        try:
+            while True:
+                try:
+                    job = receive.receive_nowait()
+                except anyio.WouldBlock:
+                    try:
+                        job = await receive.receive()
+                    except anyio.EndOfStream:
+                        return
+                except anyio.EndOfStream:
+                    return
+                try:
+                    await self._run(pool, job)
+                finally:
+                    pool.idle += 1
+                    self.wake()
+        finally:
+            self._workers -= 1
+            if self._workers == 0:
+                self.idle.set()
+
+    async def _run(self, pool: _Pool, job: ClaimedJob) -> None:
+        runner = self.runner
+        sidecar = pool.sidecar
+        counters = runner.stats_for(pool.handle)
+        held = self.held.get(job.id)
+        if held is None:  # given back by shutdown before it started
+            return
+        counters.running += 1
+        try:
+            try:
+                payload = sidecar.codec.decode(job.payload)
+            except PayloadError as exc:
+                # Retrying cannot help a payload that no longer fits its model.
+                log.error("sidecars: %s", exc)
+                counters.failed += 1
+                await self._finish_one(
+                    held,
+                    Finish(
+                        id=job.id,
+                        token=job.token,
+                        state=JobState.FAILED,
+                        outcome=Outcome.ERROR,
+                        finished_at=runner.clock.time(),
+                        error=f"the stored payload no longer validates: {exc}",
+                    ),
+                )
+                return
+            with anyio.CancelScope() as scope:
+                held.scope = scope
+                if held.lost:
+                    scope.cancel()
+                try:
+                    outcome, error = await self._execute(sidecar, payload, job)
+                except anyio.get_cancelled_exc_class():
+                    # Shutdown ran out of grace; the lease is given back after the task
+                    # group has stopped (release_held), without counting the attempt.
+                    counters.dropped += 1
+                    raise
+            if held.lost:
+                log.warning(
+                    "sidecars: %r job %s lost its lease (attempt %d) and was stopped",
+                    pool.handle,
+                    job.id,
+                    job.attempt,
+                )
+                counters.failed += 1
+                self.held.pop(job.id, None)
+                return
+            self.crash.reached("before_complete")
+            counters.count(outcome)
+            now = runner.clock.time()
+            if outcome is Outcome.OK:
+                result = Finish(
+                    id=job.id,
+                    token=job.token,
+                    state=JobState.SUCCEEDED,
+                    outcome=outcome,
+                    finished_at=now,
+                )
+            elif job.attempt < job.max_attempts:
+                result = Finish(
+                    id=job.id,
+                    token=job.token,
+                    state=JobState.QUEUED,
+                    outcome=outcome,
+                    finished_at=now,
+                    error=error,
+                    retry_at=now + backoff_delay(job.attempt),
+                )
+            else:
+                result = Finish(
+                    id=job.id,
+                    token=job.token,
+                    state=JobState.FAILED,
+                    outcome=outcome,
+                    finished_at=now,
+                    error=error,
+                )
+            await self._finish_one(held, result)
+        finally:
+            counters.running -= 1
+
+    async def _execute(
+        self, sidecar: Sidecar[Any], payload: Any, job: ClaimedJob
+    ) -> tuple[Outcome, str | None]:
+        if not self.crash.armed:
+            return await execute(
+                self.runner,
+                sidecar,
+                payload=payload,
+                job_id=job.id,
+                attempt=job.attempt,
+                scheduled_at=job.run_at,
+            )
+        result: list[tuple[Outcome, str | None]] = []
+        async with anyio.create_task_group() as tg:
+
+            async def run() -> None:
+                result.append(
+                    await execute(
+                        self.runner,
+                        sidecar,
+                        payload=payload,
+                        job_id=job.id,
+                        attempt=job.attempt,
+                        scheduled_at=job.run_at,
+                    )
+                )
+
+            tg.start_soon(run)
+            # Once the handler has started and reached its first await:
+            await anyio.lowlevel.checkpoint()
+            if not result:
+                self.crash.reached("mid_handler")
+        return result[0]
+
+    async def _finish_one(self, held: _Held, result: Finish) -> None:
+        """Store one result, group-committed with the results of concurrent workers."""
+        with anyio.CancelScope(shield=True):
+            for attempt in range(1, _FINISH_TRIES + 1):
+                batch = self._batch
+                if batch is None:
+                    batch = _FinishBatch()
+                    self._batch = batch
+                    batch.items.append(result)
+                    await anyio.lowlevel.checkpoint()  # let concurrent workers join
+                    self._batch = None
+                    try:
+                        batch.applied = await self.store.finish(batch.items)
+                    except Exception as exc:
+                        batch.error = exc
+                    finally:
+                        batch.done.set()
+                else:
+                    batch.items.append(result)
+                    await batch.done.wait()
+                if batch.error is None:
+                    break
+                if attempt == _FINISH_TRIES or self.runner.clock.time() >= held.lease_until:
+                    log.error(
+                        "sidecars: could not store the result of %r job %s; it runs again "
+                        "when its lease expires",
+                        held.job.handle,
+                        held.job.id,
+                        exc_info=batch.error,
+                    )
+                    break
+                await anyio.sleep(min(0.1 * 2**attempt, 2.0))
+            assert batch is not None
+            if batch.error is None and result.id not in batch.applied:
+                log.warning(
+                    "sidecars: the result of %r job %s was refused: its lease had been "
+                    "taken by another runner",
+                    held.job.handle,
+                    held.job.id,
+                )
+            self.held.pop(result.id, None)
