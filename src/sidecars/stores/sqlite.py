@@ -16,6 +16,7 @@ from uuid import UUID, uuid4
 
 import aiosqlite
 import anyio
+import anyio.to_thread
 
 from .._records import JobInfo, JobState, Outcome, RunType
 from ..exceptions import StoreUnavailable
@@ -262,6 +263,11 @@ class SQLiteStore:
         try:
             await conn
         except sqlite3.Error as exc:
+            # aiosqlite stops its thread on a failed connect without waiting for it; wait
+            # here, or the thread may report to an event loop that has closed meanwhile.
+            thread = _worker_thread(conn)
+            if thread is not None:
+                await anyio.to_thread.run_sync(thread.join, 5.0)
             raise StoreUnavailable(f"cannot open SQLite store {self.path!r}: {exc}") from exc
         try:
             rows = await self._retry_busy(
@@ -607,12 +613,18 @@ async def _rollback(conn: aiosqlite.Connection) -> None:
         await conn.execute("ROLLBACK")
 
 
-def _daemonize(conn: aiosqlite.Connection) -> None:
-    # aiosqlite runs each connection on a non-daemon thread (0.21+ holds it as `_thread`;
-    # older versions are the thread), which would keep the interpreter waiting forever at
-    # exit for a store a script opened with an enqueue and never closed. Every write has
-    # committed before its call returned, so letting that idle thread die with the process
-    # loses nothing; the WAL is checkpointed by the next connection.
+def _worker_thread(conn: aiosqlite.Connection) -> threading.Thread | None:
+    # aiosqlite 0.21+ holds its thread as `_thread`; older versions are the thread.
     thread: object = conn if isinstance(conn, threading.Thread) else getattr(conn, "_thread", None)
-    if isinstance(thread, threading.Thread) and not thread.is_alive():
+    return thread if isinstance(thread, threading.Thread) else None
+
+
+def _daemonize(conn: aiosqlite.Connection) -> None:
+    # aiosqlite runs each connection on a non-daemon thread, which would keep the
+    # interpreter waiting forever at exit for a store a script opened with an enqueue and
+    # never closed. Every write has committed before its call returned, so letting that
+    # idle thread die with the process loses nothing; the WAL is checkpointed by the next
+    # connection.
+    thread = _worker_thread(conn)
+    if thread is not None and not thread.is_alive():
         thread.daemon = True
