@@ -78,7 +78,7 @@ class TestRequiredCases:
             t
             for t in range(int(start.timestamp()) + 1, end_ts, 1)
             if (w := datetime.fromtimestamp(t, zone)).second == 0 and w.minute % 20 == 0
-        ][:: 1]
+        ][::1]
         got = [int(f.timestamp()) for f in _between(s, start, datetime.fromtimestamp(end_ts, UTC))]
         assert got == expected
         assert len(got) != 8 * 3  # the shift added or removed real matching instants

@@ -19,7 +19,7 @@ from bisect import bisect_left, bisect_right
 from datetime import date
 from zoneinfo import ZoneInfo
 
-from ._spec import CalendarSpec, is_leap, ordinal, weekday_of_first
+from ._spec import CalendarSpec, fires_every_month, is_leap, ordinal, weekday_of_first
 from ._zone import EPOCH_ORDINAL, FAR_FUTURE, FAR_PAST, fixed_offset, segment
 
 __all__ = ("CadenceEvaluator", "CronEvaluator")
@@ -44,6 +44,7 @@ class CronEvaluator:
     """
 
     __slots__ = (
+        "_always",
         "_first_tod",
         "_fixed_off",
         "_hours",
@@ -68,7 +69,7 @@ class CronEvaluator:
         self._fixed_off = fixed_offset(zone)
         self._hours, self._minutes, self._seconds = spec.hours, spec.minutes, spec.seconds
         times = spec.times
-        if times is None and len(spec.hours) * len(spec.minutes) * len(spec.seconds) <= 1440:
+        if times is None and len(spec.hours) * len(spec.minutes) * len(spec.seconds) <= 24:
             # One bisect over every time of the day beats three nested ones.
             times = tuple(
                 h * 3600 + m * 60 + s
@@ -87,6 +88,12 @@ class CronEvaluator:
         self._years = spec.years
         self._years_set = None if spec.years is None else frozenset(spec.years)
         self._year_kinds: dict[tuple[bool, int], bool] = {}
+        self._always = fires_every_month(spec)
+
+    @property
+    def always_fires_monthly(self) -> bool:
+        """Some day matches in every month (so every allowed year can fire)."""
+        return self._always
 
     # -- instants -------------------------------------------------------------------------
 
@@ -198,6 +205,8 @@ class CronEvaluator:
         return dd in self.spec.month_days(y, m)
 
     def _year_possible(self, y: int) -> bool:
+        if self._always:
+            return True
         # A year's months all follow from (leap year, weekday of 1 January): 14 kinds.
         kind = (is_leap(y), weekday_of_first(y, 1))
         ok = self._year_kinds.get(kind)

@@ -86,6 +86,18 @@ def _values(part: str, fld: _Field) -> range:
     return range(start, stop + 1, step)
 
 
+_FULL = {f[0]: tuple(range(f[1], f[2] + 1)) for f in (_SECOND, _MINUTE, _HOUR, _MONTH, _YEAR)}
+
+
+def _sorted(text: str, fld: _Field) -> tuple[int, ...]:
+    """Sorted values of a simple field, with shortcuts for the usual ``*`` and ``n``."""
+    if text == "*":
+        return _FULL[fld[0]]
+    if text.isdigit():
+        return (_number(text, fld),)
+    return tuple(sorted(_simple(text, fld)))
+
+
 def _simple(text: str, fld: _Field) -> set[int]:
     out: set[int] = set()
     for part in text.split(","):
@@ -95,14 +107,26 @@ def _simple(text: str, fld: _Field) -> set[int]:
     return out
 
 
-def _parse_dom(text: str) -> tuple[set[int], set[int], bool, set[int]]:
+_ALL_DAYS = frozenset(range(1, 32))
+_ALL_WEEKDAYS = frozenset(range(7))
+
+
+def _parse_dom(text: str) -> tuple[frozenset[int], set[int], bool, set[int]]:
+    if text == "*":
+        return _ALL_DAYS, set(), False, set()
+    if text.isdigit():
+        return frozenset((_number(text, _DOM),)), set(), False, set()
     days: set[int] = set()
     from_end: set[int] = set()
     nearest: set[int] = set()
     last_weekday = False
     for part in text.split(","):
         upper = part.upper()
-        if upper == "L":
+        if "L" not in upper and "W" not in upper:
+            if not part:
+                raise _FieldError(f"empty list member in {text!r}")
+            days.update(_values(part, _DOM))
+        elif upper == "L":
             from_end.add(0)
         elif upper == "LW":
             last_weekday = True
@@ -117,14 +141,20 @@ def _parse_dom(text: str) -> tuple[set[int], set[int], bool, set[int]]:
             raise _FieldError(f"empty list member in {text!r}")
         else:
             days.update(_values(part, _DOM))
-    return days, from_end, last_weekday, nearest
+    return frozenset(days), from_end, last_weekday, nearest
 
 
-def _parse_dow(text: str) -> tuple[set[int], set[tuple[int, int]]]:
+def _parse_dow(text: str) -> tuple[frozenset[int], set[tuple[int, int]]]:
+    if text == "*":
+        return _ALL_WEEKDAYS, set()
     days: set[int] = set()
     nth: set[tuple[int, int]] = set()
     for part in text.split(","):
-        if m := _NTH.fullmatch(part):
+        if "#" not in part and not part.upper().endswith("L"):
+            if not part:
+                raise _FieldError(f"empty list member in {text!r}")
+            days.update(v % 7 for v in _values(part, _DOW))
+        elif m := _NTH.fullmatch(part):
             wd = _number(m.group(1), _DOW) % 7
             n = int(m.group(2))
             if not 1 <= n <= 5:
@@ -138,7 +168,7 @@ def _parse_dow(text: str) -> tuple[set[int], set[tuple[int, int]]]:
             raise _FieldError(f"empty list member in {text!r}")
         else:
             days.update(v % 7 for v in _values(part, _DOW))
-    return days, nth
+    return frozenset(days), nth
 
 
 def parse_cron(expression: str) -> CalendarSpec:
@@ -165,34 +195,34 @@ def parse_cron(expression: str) -> CalendarSpec:
     current = "second"
     try:
         current = "second"
-        seconds = _simple(sec, _SECOND)
+        seconds = _sorted(sec, _SECOND)
         current = "minute"
-        minutes = _simple(minute, _MINUTE)
+        minutes = _sorted(minute, _MINUTE)
         current = "hour"
-        hours = _simple(hour, _HOUR)
+        hours = _sorted(hour, _HOUR)
         current = "day-of-month"
         dom_days, from_end, last_weekday, nearest = _parse_dom("*" if dom == "?" else dom)
         current = "month"
-        months = _simple(month, _MONTH)
+        months = _sorted(month, _MONTH)
         current = "day-of-week"
         dow_days, nth = _parse_dow("*" if dow == "?" else dow)
         current = "year"
-        years = None if year == "*" else tuple(sorted(_simple(year, _YEAR)))
+        years = None if year == "*" else _sorted(year, _YEAR)
     except _FieldError as exc:
         raise InvalidSchedule(
             f"invalid cron expression {expression!r}: {current} field: {exc}"
         ) from None
     return CalendarSpec(
-        seconds=tuple(sorted(seconds)),
-        minutes=tuple(sorted(minutes)),
-        hours=tuple(sorted(hours)),
-        months=tuple(sorted(months)),
+        seconds=seconds,
+        minutes=minutes,
+        hours=hours,
+        months=months,
         years=years,
-        dom_days=frozenset(dom_days),
+        dom_days=dom_days,
         dom_from_end=frozenset(from_end),
         dom_last_weekday=last_weekday,
         dom_nearest=frozenset(nearest),
-        dow_days=frozenset(dow_days),
+        dow_days=dow_days,
         dow_nth=frozenset(nth),
         # Vixie cron and cronie: a '*'-led day field (or '?') means "both must match".
         day_and=dom.startswith("*") or dom == "?" or dow.startswith("*") or dow == "?",

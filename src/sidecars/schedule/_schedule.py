@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from ..exceptions import InvalidSchedule
 from ._eval import CadenceEvaluator, CronEvaluator
 from ._parse import MONTH_NAMES, WEEKDAY_NAMES, parse_cron
-from ._spec import CalendarSpec, can_fire
+from ._spec import CalendarSpec, can_fire, fires_every_month
 
 __all__ = ("At", "Schedule", "Weekday")
 
@@ -286,7 +286,7 @@ class Schedule:
             fixed=True,
             times=tods,
         )
-        if not can_fire(spec):
+        if not fires_every_month(spec) and not can_fire(spec):
             raise InvalidSchedule(f"{ctx}: {args} can never fire: no day matches all of them")
         self._setup_calendar(spec, zone, None, f"Schedule({args}, timezone={_zone_name(zone)!r})")
 
@@ -361,14 +361,21 @@ class Schedule:
         self._repr = f"Schedule({', '.join(parts)}, timezone={_zone_name(zone)!r})"
 
     def _setup_calendar(
-        self, spec: CalendarSpec, zone: ZoneInfo, expression: str | None, text: str
+        self,
+        spec: CalendarSpec,
+        zone: ZoneInfo,
+        expression: str | None,
+        text: str,
+        evaluator: CronEvaluator | None = None,
     ) -> None:
-        self._spec = spec
-        self._zone = zone
-        self._expression = expression
-        self._evaluator = CronEvaluator(spec, zone)
-        self._key = ("calendar", spec, _zone_name(zone))
-        self._repr = text
+        # object.__setattr__: instances are immutable once _repr is set (see __setattr__).
+        setattr_ = object.__setattr__
+        setattr_(self, "_spec", spec)
+        setattr_(self, "_zone", zone)
+        setattr_(self, "_expression", expression)
+        setattr_(self, "_evaluator", evaluator or CronEvaluator(spec, zone))
+        setattr_(self, "_key", ("calendar", spec, _zone_name(zone)))
+        setattr_(self, "_repr", text)
 
     @classmethod
     def cron(cls, expression: str, timezone: str | ZoneInfo = "UTC") -> Schedule:
@@ -386,14 +393,19 @@ class Schedule:
             raise InvalidSchedule(f"a cron expression must be a str, got {expression!r}")
         zone = _zone(timezone, f"invalid cron expression {expression!r}")
         spec = parse_cron(expression)
-        if not can_fire(spec):
+        evaluator = CronEvaluator(spec, zone)
+        if not evaluator.always_fires_monthly and not can_fire(spec):
             raise InvalidSchedule(
                 f"invalid cron expression {expression!r}: it can never fire (no date matches its "
                 "day-of-month, month, day-of-week and year fields together)"
             )
         self = cls.__new__(cls)
         self._setup_calendar(
-            spec, zone, expression, f"Schedule.cron({expression!r}, timezone={_zone_name(zone)!r})"
+            spec,
+            zone,
+            expression,
+            f"Schedule.cron({expression!r}, timezone={_zone_name(zone)!r})",
+            evaluator,
         )
         return self
 

@@ -16,6 +16,7 @@ __all__ = (
     "CalendarSpec",
     "can_fire",
     "days_in_month",
+    "fires_every_month",
     "is_leap",
     "ordinal",
     "weekday_of_first",
@@ -113,34 +114,45 @@ class CalendarSpec:
         def weekday(day: int) -> int:
             return (wd1 + day - 1) % 7
 
-        dom = {d for d in self.dom_days if d <= ndays}
-        dom.update(ndays - n for n in self.dom_from_end if ndays - n >= 1)
-        if self.dom_last_weekday:
-            last = ndays
-            while weekday(last) in (0, 6):
-                last -= 1
-            dom.add(last)
-        for n in self.dom_nearest:
-            # The nearest weekday never leaves the month: a Saturday 1st moves to Monday
-            # the 3rd and a Sunday last day back to Friday; 31W does not exist in April.
-            if n > ndays:
-                continue
-            wd = weekday(n)
-            if wd == 6:
-                dom.add(n - 1 if n > 1 else n + 2)
-            elif wd == 0:
-                dom.add(n + 1 if n < ndays else n - 2)
-            else:
-                dom.add(n)
-        dow = {d for d in range(1, ndays + 1) if weekday(d) in self.dow_days}
-        for wd, n in self.dow_nth:
-            if n == -1:
-                dow.add(ndays - (weekday(ndays) - wd) % 7)
-            else:
-                day = 1 + (wd - wd1) % 7 + 7 * (n - 1)
-                if day <= ndays:
+        # None stands for "every day of the month", the common case, kept cheap.
+        dom: set[int] | None = None
+        if len(self.dom_days) < 31:
+            dom = {d for d in self.dom_days if d <= ndays}
+            dom.update(ndays - n for n in self.dom_from_end if ndays - n >= 1)
+            if self.dom_last_weekday:
+                last = ndays
+                while weekday(last) in (0, 6):
+                    last -= 1
+                dom.add(last)
+            for n in self.dom_nearest:
+                # The nearest weekday never leaves the month: a Saturday 1st moves to Monday
+                # the 3rd and a Sunday last day back to Friday; 31W does not exist in April.
+                if n > ndays:
+                    continue
+                wd = weekday(n)
+                if wd == 6:
+                    dom.add(n - 1 if n > 1 else n + 2)
+                elif wd == 0:
+                    dom.add(n + 1 if n < ndays else n - 2)
+                else:
+                    dom.add(n)
+        dow: set[int] | None = None
+        if len(self.dow_days) < 7:
+            dow = set()
+            for wd in self.dow_days:
+                dow.update(range(1 + (wd - wd1) % 7, ndays + 1, 7))
+            for wd, n in self.dow_nth:
+                if n == -1:
+                    dow.add(ndays - (weekday(ndays) - wd) % 7)
+                elif (day := 1 + (wd - wd1) % 7 + 7 * (n - 1)) <= ndays:
                     dow.add(day)
-        return tuple(sorted(dom & dow if self.day_and else dom | dow))
+        if self.day_and:
+            if dom is None:
+                return tuple(range(1, ndays + 1)) if dow is None else tuple(sorted(dow))
+            return tuple(sorted(dom if dow is None else dom & dow))
+        if dom is None or dow is None:
+            return tuple(range(1, ndays + 1))
+        return tuple(sorted(dom | dow))
 
     def month_days(self, year: int, month: int) -> tuple[int, ...]:
         """Matching days of ``month`` in ``year`` (the month and year sets are not checked)."""
@@ -148,7 +160,7 @@ class CalendarSpec:
 
 
 def can_fire(spec: CalendarSpec) -> bool:
-    """Whether any day ever matches.
+    """Whether any day ever matches (call :func:`fires_every_month` first, it is quicker).
 
     Weekdays repeat exactly every 400 Gregorian years (146,097 days are 20,871 weeks), and a
     month's matching days depend only on its length and the weekday of its 1st, so checking
@@ -164,3 +176,21 @@ def can_fire(spec: CalendarSpec) -> bool:
         if any(spec.month_days(year, month) for month in spec.months):
             return True
     return False
+
+
+def fires_every_month(spec: CalendarSpec) -> bool:
+    """A quick sufficient answer for the usual expressions: some day matches in any month."""
+    dom_any = len(spec.dom_days) == 31
+    dom_always = (
+        (bool(spec.dom_days) and min(spec.dom_days) <= 28)
+        or (bool(spec.dom_from_end) and min(spec.dom_from_end) <= 27)
+        or spec.dom_last_weekday
+        or (bool(spec.dom_nearest) and min(spec.dom_nearest) <= 28)
+    )
+    dow_any = len(spec.dow_days) == 7
+    dow_always = bool(spec.dow_days) or (
+        bool(spec.dow_nth) and min(n for _wd, n in spec.dow_nth) <= 4
+    )
+    if spec.day_and:
+        return (dom_any and dow_always) or (dow_any and dom_always)
+    return dom_always or dow_always

@@ -31,6 +31,7 @@ def _offset(zone: ZoneInfo, t: int) -> int:
     return int(off.total_seconds())
 
 
+@lru_cache(maxsize=256)
 def fixed_offset(zone: ZoneInfo) -> int | None:
     """The zone's only UTC offset, for zones that never change (the evaluator's fast path)."""
     key = zone.key or ""
