@@ -125,10 +125,15 @@ def main() -> None:
             f"{r['repeat/cronsim-it'] / rep:>6.1f} {r['repeat/cronsim-new']:>9.2f} "
             f"{r['repeat/cronsim-new'] / rep:>6.1f}"
         )
-        worst["croniter"] = min(worst["croniter"], r["first/croniter"] / first,
-                                r["repeat/croniter"] / rep)  # fmt: skip
-        worst["cronsim"] = min(worst["cronsim"], r["first/cronsim"] / first,
-                               r["repeat/cronsim-it"] / rep, r["repeat/cronsim-new"] / rep)  # fmt: skip
+        worst["croniter"] = min(
+            worst["croniter"], r["first/croniter"] / first, r["repeat/croniter"] / rep
+        )
+        worst["cronsim"] = min(
+            worst["cronsim"],
+            r["first/cronsim"] / first,
+            r["repeat/cronsim-it"] / rep,
+            r["repeat/cronsim-new"] / rep,
+        )
     print(
         f"\nworst ratio: croniter {worst['croniter']:.1f}x (target 5x), "
         f"cronsim {worst['cronsim']:.1f}x (target 2x)"

@@ -61,10 +61,7 @@ def day_matches(e: Expr, d: date) -> bool:
     for nth_wd, n in e.dow_nth:
         if nth_wd != wd:
             continue
-        if n == -1:
-            dow = dow or d.day + 7 > ndays
-        else:
-            dow = dow or (d.day - 1) // 7 + 1 == n
+        dow = dow or d.day + 7 > ndays if n == -1 else dow or (d.day - 1) // 7 + 1 == n
     return (dom and dow) if e.day_and else (dom or dow)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
@@ -212,7 +213,8 @@ class TestIterator:
         s = Schedule.cron("0 0 * * 1-5", timezone="America/Chicago")
         got = s.next_after(datetime(2021, 3, 12, 0, 0, 0, 1, tzinfo=zone))
         assert got == datetime(2021, 3, 15, tzinfo=zone)
-        assert got is not None and got.utcoffset() == timedelta(hours=-5)
+        assert got is not None
+        assert got.utcoffset() == timedelta(hours=-5)
 
     def test_midnight_across_spring_forward(self) -> None:
         """0 0 * * * in Los Angeles after the 2022-03-13 fire is 2022-03-14 00:00 PDT."""
@@ -273,7 +275,7 @@ class TestReverse:
         """Walking back from each fire finds the previous fire, in order."""
         s = Schedule.cron(expression, timezone=zone)
         fires = s.preview(12, _utc(2024, 1, 1))
-        for earlier, later in zip(fires, fires[1:]):
+        for earlier, later in itertools.pairwise(fires):
             assert s.previous_before(later) == earlier
             assert s.next_after(earlier) == later
 

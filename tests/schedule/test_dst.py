@@ -52,7 +52,8 @@ class TestRequiredCases:
         seen = []
         for _ in range(6):
             nxt = s.next_after(t)
-            assert nxt is not None and nxt.timestamp() > t.timestamp()
+            assert nxt is not None
+            assert nxt.timestamp() > t.timestamp()
             seen.append(nxt.strftime("%H:%M%z"))
             t = nxt
         assert seen == ["02:30+0300", "03:30+0300", "03:30+0200", "04:30+0200", "05:30+0200",
@@ -65,7 +66,8 @@ class TestRequiredCases:
         fires = s.preview(2, datetime(2024, 11, 2, 12, tzinfo=zone))
         assert _local(fires) == ["11-03 01:30 -0600", "11-04 01:30 -0700"]
         got = s.next_after(datetime(2024, 11, 3, 1, 10, fold=1, tzinfo=zone))
-        assert got is not None and got.isoformat() == "2024-11-04T01:30:00-07:00"
+        assert got is not None
+        assert got.isoformat() == "2024-11-04T01:30:00-07:00"
 
     @pytest.mark.parametrize("day", ["2024-04-07", "2024-10-06"])
     def test_lord_howe_every_matching_instant_fires(self, day: str) -> None:
