@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
@@ -79,7 +80,7 @@ class TestDeclarative:
             ({"every": timedelta(hours=2), "between": (At(9), At(10))}, "longer than the"),
             ({"every": timedelta(hours=1), "between": (At(9), At(9))}, "is empty"),
             ({"every": timedelta(days=2), "on_weekdays": [1]}, "longer than a day"),
-            ({"every": timedelta(minutes=1), "anchor": datetime(2024, 1, 1)}, "aware"),  # noqa: DTZ001
+            ({"every": timedelta(minutes=1), "anchor": datetime(2024, 1, 1)}, "aware"),
             ({"on_day_of_month": 0}, "on_day_of_month="),
             ({"on_day_of_month": 32}, "on_day_of_month="),
             ({"on_day_of_month": [30], "in_months": [2]}, "can never fire"),
@@ -130,7 +131,7 @@ class TestCadence:
         zone = ZoneInfo("America/Denver")
         s = Schedule(every=timedelta(hours=1), timezone="America/Denver")
         fires = s.preview(4, datetime(2024, 3, 10, 0, 30, tzinfo=zone))
-        gaps = {b.timestamp() - a.timestamp() for a, b in zip(fires, fires[1:], strict=False)}
+        gaps = {b.timestamp() - a.timestamp() for a, b in itertools.pairwise(fires)}
         assert gaps == {3600}
 
     def test_window_and_weekdays(self) -> None:
