@@ -8,7 +8,13 @@ import pytest
 
 import sidecars
 
-PUBLIC_MODULES = ["sidecars", "sidecars.exceptions", "sidecars.starlette", "sidecars.stores"]
+PUBLIC_MODULES = [
+    "sidecars",
+    "sidecars.exceptions",
+    "sidecars.schedule",
+    "sidecars.starlette",
+    "sidecars.stores",
+]
 
 
 @pytest.mark.parametrize("name", PUBLIC_MODULES)

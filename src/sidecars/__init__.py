@@ -25,6 +25,9 @@ from ._sidecar import Sidecar as Sidecar
 from ._stats import HandleStats as HandleStats
 from ._stats import Stats as Stats
 from ._trigger import Trigger as Trigger
+from .schedule import At as At
+from .schedule import Schedule as Schedule
+from .schedule import Weekday as Weekday
 from .exceptions import DuplicateHandle as DuplicateHandle
 from .exceptions import InvalidDeclaration as InvalidDeclaration
 from .exceptions import InvalidSchedule as InvalidSchedule
@@ -39,6 +42,7 @@ from .exceptions import StoreUnavailable as StoreUnavailable
 __version__ = "0.1.0.dev0"
 
 __all__ = (
+    "At",
     "Clock",
     "DuplicateHandle",
     "FakeClock",
@@ -55,6 +59,7 @@ __all__ = (
     "PayloadError",
     "QueueFull",
     "RunType",
+    "Schedule",
     "ShuttingDown",
     "Sidecar",
     "Sidecars",
@@ -63,5 +68,6 @@ __all__ = (
     "StoreUnavailable",
     "SystemClock",
     "Trigger",
+    "Weekday",
     "__version__",
 )

@@ -333,9 +333,9 @@ class Sidecars:
         run_at: datetime | None,
         delay: timedelta | float | None,
     ) -> list[JobRef]:
+        # Unlike memory jobs, deferred jobs are still taken during shutdown: they are
+        # durable, and another runner (or this one, after a restart) will run them.
         runner = self._runner
-        if runner is not None and not runner.accepting:
-            raise ShuttingDown(f"sidecar {sidecar.handle!r}: the runner is shutting down")
         now = self.clock.time()
         due = _due(sidecar, now, run_at, delay)
         texts = [sidecar.codec.encode(p)[0] for p in payloads]

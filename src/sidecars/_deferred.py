@@ -101,6 +101,7 @@ class DeferredConsumer:
         self._workers = 0
         self.idle = anyio.Event()
         self._batch: _FinishBatch | None = None
+        self._claimed = anyio.Event()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -178,6 +179,8 @@ class DeferredConsumer:
                 jobs = await store.claim(
                     [pool.handle], pool.idle, now=clock.time(), lease=self.lease
                 )
+                if jobs:
+                    self._claimed.set()
                 for job in jobs:
                     self.held[job.id] = _Held(job)
                     pool.idle -= 1
@@ -219,6 +222,11 @@ class DeferredConsumer:
     async def _renew_loop(self) -> None:
         clock = self.runner.clock
         while True:
+            if not self.held:
+                # Nothing to renew: wait for a claim instead of ticking (a fake clock
+                # advanced by a month would otherwise stop at every tick).
+                self._claimed = anyio.Event()
+                await self._claimed.wait()
             deadline = clock.time() + self.renew_every
             at_risk = [h.lease_until for h in self.held.values() if not h.renewed]
             if at_risk:
