@@ -5,7 +5,11 @@ Run:   ``uvicorn examples.fastapi_app:app``  (then ``curl -X POST localhost:8000
 -H 'content-type: application/json' -d '{"email": "ada@example.com"}'``)
 
 Files are written under ``$SIDECARS_EXAMPLE_DIR`` (default ``./var``): the "mail" job writes
-one file per signup into ``outbox/``, so nothing leaves the machine.
+one file per signup into ``outbox/``, so nothing leaves the machine; deferred jobs are kept in
+the SQLite file ``sidecars.db`` there, and report jobs write ``reports/<job id>.txt``.
+
+Try: ``curl -X POST localhost:8000/reports -H 'content-type: application/json'
+-d '{"title": "weekly"}'``, then ``curl localhost:8000/jobs/<job_id>``.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ __all__ = ("app", "sc")
 DATA_DIR = Path(os.environ.get("SIDECARS_EXAMPLE_DIR", "var"))
 OUTBOX = DATA_DIR / "outbox"
 
-sc = Sidecars(grace=10)
+REPORTS = DATA_DIR / "reports"
+
+sc = Sidecars(DATA_DIR / "sidecars.db", grace=10)
 
 
 EMAIL = r"^[^@\s]+@[^@\s]+$"
@@ -51,6 +57,30 @@ async def send_welcome(job: JobContext[WelcomeMail]) -> None:
     await tmp.write_text(body)
     await tmp.rename(target)  # readers never see a half-written mail
     job.logger.info("welcome mail for %s written to %s", mail.email, target)
+
+
+class Report(BaseModel):
+    """The payload of a report job."""
+
+    title: str = Field(min_length=1, max_length=80, pattern=r"^[\w .-]+$")
+    rows: int = Field(default=100, ge=1, le=100_000)
+
+
+@sc.sidecar(handle="report_build", run_type=RunType.DEFERRED, concurrency=2, timeout=120)
+async def build_report(job: JobContext[Report]) -> None:
+    """Build a report file. Durable: it survives a crash or a deploy and runs exactly when due.
+
+    Idempotent on purpose (deferred jobs run at least once): the file is named after the job
+    and replaced atomically, so a re-run after a crash rewrites the same file.
+    """
+    report = job.payload
+    lines = [f"# {report.title}", f"attempt {job.attempt}, due {job.scheduled_at:%Y-%m-%d %H:%M}"]
+    lines += [f"row {i}: {i * i}" for i in range(report.rows)]
+    await anyio.Path(REPORTS).mkdir(parents=True, exist_ok=True)
+    target = anyio.Path(REPORTS) / f"{job.job_id}.txt"
+    tmp = target.with_suffix(".tmp")
+    await tmp.write_text("\n".join(lines) + "\n")
+    await tmp.rename(target)
 
 
 app = FastAPI(title="sidecars example", lifespan=sc.lifespan)
@@ -80,6 +110,19 @@ class Signup(BaseModel):
 async def signup(body: Signup) -> dict[str, Any]:
     """Register a user and send the welcome mail in the background."""
     ref = await send_welcome.enqueue(WelcomeMail(email=body.email, name=body.name))
+    return {"job_id": str(ref.id)}
+
+
+class ReportRequest(Report):
+    """A report request: the report, and ``delay`` seconds from now (0 for at once)."""
+
+    delay: float = Field(default=0.0, ge=0, le=86_400)
+
+
+@app.post("/reports", status_code=202)
+async def request_report(body: ReportRequest) -> dict[str, Any]:
+    """Queue a report; the answer comes once the job is committed to the store."""
+    ref = await build_report.enqueue(Report(title=body.title, rows=body.rows), delay=body.delay)
     return {"job_id": str(ref.id)}
 
 

@@ -62,3 +62,55 @@ def test_shutdown_drains_sent_mails(example_server: Server) -> None:
     assert "Application shutdown complete" in example_server.output()
     for job_id in ids:
         assert (example_server.data_dir / "outbox" / f"{job_id}.eml").exists()
+
+
+def wait_for_state(
+    server: Server, job_id: str, state: str, timeout: float = 15.0
+) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while True:
+        info: dict[str, object] = httpx.get(f"{server.url}/jobs/{job_id}").json()
+        if info.get("state") == state:
+            return info
+        assert time.monotonic() < deadline, info
+        time.sleep(0.05)
+
+
+def test_report_is_a_durable_deferred_job(example_server: Server) -> None:
+    """POST /reports queues a deferred job; GET /jobs/{id} shows it until succeeded, and the
+    report file exists."""
+    response = httpx.post(f"{example_server.url}/reports", json={"title": "weekly", "rows": 3})
+    assert response.status_code == 202, response.text
+    job_id = response.json()["job_id"]
+    info = wait_for_state(example_server, job_id, "succeeded")
+    assert (info["run_type"], info["outcome"], info["attempts"]) == ("deferred", "ok", 1)
+    report = example_server.data_dir / "reports" / f"{job_id}.txt"
+    assert report.read_text().splitlines()[0] == "# weekly"
+    assert (example_server.data_dir / "sidecars.db").exists()
+
+
+def test_delayed_report_survives_a_restart(tmp_path: Path) -> None:
+    """A report queued with a delay, then the server restarted, still runs after the restart."""
+    from .conftest import start_server
+
+    data = tmp_path / "data"
+    server = start_server(data)
+    try:
+        response = httpx.post(f"{server.url}/reports", json={"title": "later", "delay": 1.5})
+        job_id = response.json()["job_id"]
+        assert httpx.get(f"{server.url}/jobs/{job_id}").json()["state"] == "queued"
+    finally:
+        stop_server(server)
+    assert not (data / "reports" / f"{job_id}.txt").exists()
+    server = start_server(data)
+    try:
+        wait_for_state(server, job_id, "succeeded")
+    finally:
+        stop_server(server)
+    assert (data / "reports" / f"{job_id}.txt").exists()
+
+
+def test_invalid_report_is_refused(example_server: Server) -> None:
+    """A report with a bad title is refused with 422 and nothing is stored."""
+    response = httpx.post(f"{example_server.url}/reports", json={"title": "../../etc"})
+    assert response.status_code == 422
