@@ -14,12 +14,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import Protocol, runtime_checkable
 from uuid import UUID
 
 from .._records import JobInfo, JobState, Outcome
 
-__all__ = ("ClaimedJob", "Finish", "Lease", "NewJob", "Store")
+__all__ = (
+    "ClaimedJob",
+    "Finish",
+    "FireClaim",
+    "FireLease",
+    "FireRequest",
+    "FireStatus",
+    "Lease",
+    "NewJob",
+    "Store",
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,6 +104,71 @@ class Finish:
     retry_at: float | None = None
 
 
+class FireStatus(str, Enum):
+    """What a fire claim found."""
+
+    CLAIMED = "claimed"
+    """This caller now holds the fire under a lease and should run it."""
+    TAKEN = "taken"
+    """Another runner holds it, or it already ran (or was skipped): do nothing."""
+    SKIPPED = "skipped"
+    """An unexpired running fire of the same handle exists: this fire is recorded as
+    skipped (overlap) and must not run."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FireRequest:
+    """A request to run one fire of a STANDALONE sidecar.
+
+    Attributes:
+        handle: the sidecar's handle.
+        fire_at: the fire instant, whole seconds since the epoch (UTC).
+        skip_if_running: record the fire as skipped while another fire of the handle runs
+            under an unexpired lease (overlap policy "skip").
+        max_attempts: how many claims the fire may have in all (re-claims after a dead
+            holder's lease expired count).
+    """
+
+    handle: str
+    fire_at: int
+    skip_if_running: bool = True
+    max_attempts: int = 3
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FireLease:
+    """The proof of a fire claim."""
+
+    handle: str
+    fire_at: int
+    token: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FireClaim:
+    """The answer to a :class:`FireRequest`.
+
+    Attributes:
+        status: claimed, taken, or skipped.
+        attempt: with ``CLAIMED``, the number of this claim (1 for the first).
+        token: with ``CLAIMED``, the fencing token; else None.
+        lease_until: with ``CLAIMED``, when the lease expires unless renewed.
+    """
+
+    handle: str
+    fire_at: int
+    status: FireStatus
+    attempt: int = 0
+    token: str | None = None
+    lease_until: float | None = None
+
+    def lease(self) -> FireLease:
+        """The lease of a claimed fire."""
+        if self.token is None:
+            raise ValueError(f"fire {self.handle}@{self.fire_at} was not claimed")
+        return FireLease(handle=self.handle, fire_at=self.fire_at, token=self.token)
+
+
 @runtime_checkable
 class Store(Protocol):
     """An async, batch-first job store.
@@ -112,6 +188,20 @@ class Store(Protocol):
     - ``finish`` applies each result whose token matches and returns the ids applied.
     - ``release`` gives jobs back (shutdown): token cleared, state queued, due at ``now``,
       and the attempt of that claim not counted.
+
+    Fires (one row per (handle, fire instant), never two):
+
+    - ``claim_fires`` answers each request: with no row yet, it inserts one, running under
+      a new token (``CLAIMED``), or, when ``skip_if_running`` and another fire of the
+      handle is running under an unexpired lease, in state skipped (``SKIPPED``). A row
+      running under an expired lease, or released, is claimed again (an expired one counts
+      an attempt; past ``max_attempts`` it ends failed with outcome ``LEASE_LOST`` and the
+      answer is ``TAKEN``). Any other existing row answers ``TAKEN``.
+    - ``renew_fires``, ``finish_fire`` and ``release_fires`` are fenced like their job
+      counterparts; a released fire is claimable again, its attempt not counted.
+    - ``last_fire`` is the latest fire instant of a handle with a row in any state but
+      released: the reference for misfire handling.
+    - ``prune_fires`` deletes rows of fires before ``before`` that are not running.
     """
 
     async def open(self) -> None:
@@ -154,4 +244,39 @@ class Store(Protocol):
         That is the earliest ``run_at`` of a queued job or ``lease_until`` of a running one;
         it may lie in the past. Runners sleep until then (or until woken) instead of polling.
         """
+        ...
+
+    async def claim_fires(
+        self, requests: Sequence[FireRequest], *, now: float, lease: float
+    ) -> list[FireClaim]:
+        """Claim fires, one answer per request, in order."""
+        ...
+
+    async def renew_fires(
+        self, leases: Sequence[FireLease], *, now: float, lease: float
+    ) -> set[tuple[str, int]]:
+        """Extend held fire leases; return the (handle, fire_at) pairs still held."""
+        ...
+
+    async def finish_fire(
+        self,
+        lease: FireLease,
+        *,
+        outcome: Outcome,
+        finished_at: float,
+        error: str | None = None,
+    ) -> bool:
+        """Record the end of a fire (succeeded for ``OK``, else failed); True if fenced in."""
+        ...
+
+    async def release_fires(self, leases: Sequence[FireLease], *, now: float) -> None:
+        """Give held fires back (shutdown) without counting the attempt."""
+        ...
+
+    async def last_fire(self, handle: str) -> int | None:
+        """The latest recorded fire instant of ``handle`` (released ones excluded)."""
+        ...
+
+    async def prune_fires(self, *, before: float) -> int:
+        """Delete finished or skipped fire rows with ``fire_at < before``; return how many."""
         ...
