@@ -261,3 +261,27 @@ class TestClaimQuery:
             assert [j.run_at for j in claimed] == [NOW - i for i in range(39, 34, -1)]
         finally:
             await store.close()
+
+
+class TestCancellation:
+    async def test_cancelled_calls_leave_store_usable(self, tmp_path: Path) -> None:
+        """Cancelling callers mid-transaction never leaves the connection inside a transaction."""
+        store = SQLiteStore(tmp_path / "jobs.db")
+        await store.enqueue([new_job() for _ in range(50)])
+
+        async def churn() -> None:
+            while True:
+                await store.enqueue([new_job()])
+                await store.claim(["h"], 3, now=NOW, lease=30)
+
+        try:
+            with anyio.move_on_after(0.2):
+                async with anyio.create_task_group() as tg:
+                    for _ in range(10):
+                        tg.start_soon(churn)
+            job = new_job(run_at=NOW - 1000)
+            await store.enqueue([job])
+            claimed = await store.claim(["h"], 1, now=NOW, lease=30)
+            assert [j.id for j in claimed] == [job.id]
+        finally:
+            await store.close()

@@ -16,6 +16,7 @@ from uuid import UUID, uuid4
 
 import aiosqlite
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 
 from .._records import JobInfo, JobState, Outcome, RunType
@@ -345,8 +346,11 @@ class SQLiteStore:
 
         Shielded from cancellation: the statements already run on the connection's thread
         whatever happens to the caller, and the connection must never be left inside an
-        open transaction. The caller's cancellation is delivered when the call returns.
+        open transaction. A cancelled caller is stopped before the transaction starts
+        instead: once started, the call completes and returns its result, so a claim's
+        jobs are never dropped on the floor.
         """
+        await anyio.lowlevel.checkpoint_if_cancelled()
         with anyio.CancelScope(shield=True):
             async with self._lock:
                 result = await self._transaction(what, body)
@@ -371,6 +375,7 @@ class SQLiteStore:
         return result
 
     async def _read(self, sql: str, params: Sequence[Any] | dict[str, Any]) -> list[Any]:
+        await anyio.lowlevel.checkpoint_if_cancelled()
         with anyio.CancelScope(shield=True):
             async with self._lock:
                 conn = await self._connection()
@@ -396,6 +401,7 @@ class SQLiteStore:
             ValueError: a job id already exists (or appears twice in the group).
             StoreUnavailable: the file stayed locked or cannot be written.
         """
+        await anyio.lowlevel.checkpoint_if_cancelled()
         if not jobs:
             return
         rows = [
