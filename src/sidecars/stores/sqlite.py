@@ -620,7 +620,7 @@ async def _rollback(conn: aiosqlite.Connection) -> None:
 
 
 def _worker_thread(conn: aiosqlite.Connection) -> threading.Thread | None:
-    # aiosqlite 0.21+ holds its thread as `_thread`; older versions are the thread.
+    # Recent aiosqlite keeps its thread as `_thread`; older releases subclass Thread.
     thread: object = conn if isinstance(conn, threading.Thread) else getattr(conn, "_thread", None)
     return thread if isinstance(thread, threading.Thread) else None
 
