@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from enum import Enum
+from uuid import uuid4
 
-from .._records import JobState
+from .._records import JobState, Outcome
+from ._base import FireClaim, FireRequest, FireStatus
 
-__all__ = ("LEASE_LOST_ERROR", "check_finish_state", "to_datetime")
+__all__ = (
+    "LEASE_LOST_ERROR",
+    "FireRow",
+    "FireState",
+    "check_finish_state",
+    "decide_fire",
+    "to_datetime",
+)
 
 LEASE_LOST_ERROR = "the lease expired after the last allowed attempt"
-"""The error recorded on a job failed because its last lease expired."""
+"""The error recorded on a job or fire failed because its last lease expired."""
 
 
 def to_datetime(epoch: float) -> datetime:
@@ -25,3 +36,118 @@ def check_finish_state(state: JobState) -> None:
     """
     if state is JobState.RUNNING:
         raise ValueError("a finished run must leave its job queued or finished, not running")
+
+
+class FireState(str, Enum):
+    """The states of a stored fire row (the values are what the SQL stores hold)."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    RELEASED = "released"
+
+
+@dataclass(slots=True, kw_only=True)
+class FireRow:
+    """One fire row, as both stores keep it (the memory store in a dict, SQLite in a table)."""
+
+    handle: str
+    fire_at: int
+    state: FireState
+    attempts: int = 0
+    outcome: Outcome | None = None
+    token: str | None = None
+    lease_until: float | None = None
+    claimed_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+
+    def holds(self, token: str) -> bool:
+        """True while the row runs under the claim that returned ``token``."""
+        return self.state is FireState.RUNNING and self.token == token
+
+    def running_at(self, now: float) -> bool:
+        """True while the row runs under a lease that has not expired at ``now``."""
+        return (
+            self.state is FireState.RUNNING
+            and self.lease_until is not None
+            and self.lease_until > now
+        )
+
+
+def decide_fire(
+    row: FireRow | None,
+    request: FireRequest,
+    *,
+    overlapped: bool,
+    now: float,
+    lease: float,
+) -> tuple[FireRow | None, FireClaim]:
+    """Apply the fire-claim rules of :class:`~sidecars.stores.Store` to one request.
+
+    Both stores call this with the row as it stands (None when missing) so that they agree
+    on every rule; each supplies its own atomicity around the read and the write.
+
+    Args:
+        row: the stored row of the request's (handle, fire_at), or None. Not modified.
+        request: the claim request.
+        overlapped: another fire of the same handle is running under an unexpired lease.
+        now: the caller's clock.
+        lease: the lease length in seconds.
+
+    Returns:
+        The row to store (None when nothing changes) and the answer.
+    """
+    handle, fire_at = request.handle, request.fire_at
+    taken = FireClaim(handle=handle, fire_at=fire_at, status=FireStatus.TAKEN)
+    if row is None:
+        attempts = 0
+    elif row.state is FireState.RELEASED:
+        # Release already gave the attempt back, so counting up again repeats its number.
+        attempts = row.attempts
+    elif row.state is FireState.RUNNING and row.lease_until is not None and row.lease_until <= now:
+        attempts = row.attempts
+        if attempts >= request.max_attempts:
+            lost = replace(
+                row,
+                state=FireState.FAILED,
+                outcome=Outcome.LEASE_LOST,
+                error=LEASE_LOST_ERROR,
+                finished_at=now,
+                token=None,
+                lease_until=None,
+            )
+            return lost, taken
+    else:
+        return None, taken
+
+    if request.skip_if_running and overlapped:
+        skipped = FireRow(
+            handle=handle,
+            fire_at=fire_at,
+            state=FireState.SKIPPED,
+            attempts=attempts,
+            claimed_at=now if row is None else row.claimed_at,
+            finished_at=now,
+        )
+        return skipped, FireClaim(handle=handle, fire_at=fire_at, status=FireStatus.SKIPPED)
+
+    # A token per claim, not per batch: a stale holder of any one fire can touch nothing.
+    claimed = FireRow(
+        handle=handle,
+        fire_at=fire_at,
+        state=FireState.RUNNING,
+        attempts=attempts + 1,
+        token=uuid4().hex,
+        lease_until=now + lease,
+        claimed_at=now,
+    )
+    return claimed, FireClaim(
+        handle=handle,
+        fire_at=fire_at,
+        status=FireStatus.CLAIMED,
+        attempt=claimed.attempts,
+        token=claimed.token,
+        lease_until=claimed.lease_until,
+    )

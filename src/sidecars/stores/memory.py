@@ -10,8 +10,15 @@ from uuid import UUID, uuid4
 import anyio.lowlevel
 
 from .._records import JobInfo, JobState, Outcome, RunType
-from ._base import ClaimedJob, Finish, Lease, NewJob
-from ._convert import LEASE_LOST_ERROR, check_finish_state, to_datetime
+from ._base import ClaimedJob, Finish, FireClaim, FireLease, FireRequest, Lease, NewJob
+from ._convert import (
+    LEASE_LOST_ERROR,
+    FireRow,
+    FireState,
+    check_finish_state,
+    decide_fire,
+    to_datetime,
+)
 
 __all__ = ("MemoryStore",)
 
@@ -50,6 +57,8 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._jobs: dict[UUID, _Row] = {}
+        # Fire rows by handle, then instant: the overlap check walks one handle's rows only.
+        self._fires: dict[str, dict[int, FireRow]] = {}
 
     async def open(self) -> None:
         """Do nothing: a memory store is always open."""
@@ -207,6 +216,110 @@ class MemoryStore:
             if row.handle in wanted and row.state in (JobState.QUEUED, JobState.RUNNING)
         ]
         return min((t for t in times if t is not None), default=None)
+
+    async def claim_fires(
+        self, requests: Sequence[FireRequest], *, now: float, lease: float
+    ) -> list[FireClaim]:
+        """Claim fires for ``lease`` seconds, one answer per request, in order.
+
+        Requests are answered one after another, so a later request of the same batch sees
+        what an earlier one claimed (a second request for one fire answers ``TAKEN``).
+        """
+        await anyio.lowlevel.checkpoint()
+        answers: list[FireClaim] = []
+        for request in requests:
+            rows = self._fires.setdefault(request.handle, {})
+            overlapped = any(
+                fire_at != request.fire_at and other.running_at(now)
+                for fire_at, other in rows.items()
+            )
+            new, answer = decide_fire(
+                rows.get(request.fire_at), request, overlapped=overlapped, now=now, lease=lease
+            )
+            if new is not None:
+                rows[request.fire_at] = new
+            answers.append(answer)
+        return answers
+
+    async def renew_fires(
+        self, leases: Sequence[FireLease], *, now: float, lease: float
+    ) -> set[tuple[str, int]]:
+        """Extend held fire leases to ``now + lease``; return the pairs still held."""
+        await anyio.lowlevel.checkpoint()
+        held: set[tuple[str, int]] = set()
+        for item in leases:
+            row = self._fire(item)
+            if row is not None:
+                row.lease_until = now + lease
+                held.add((item.handle, item.fire_at))
+        return held
+
+    async def finish_fire(
+        self,
+        lease: FireLease,
+        *,
+        outcome: Outcome,
+        finished_at: float,
+        error: str | None = None,
+    ) -> bool:
+        """Record the end of a fire: succeeded for ``OK``, else failed.
+
+        Returns:
+            True if the lease was still held and the result applied.
+        """
+        await anyio.lowlevel.checkpoint()
+        row = self._fire(lease)
+        if row is None:
+            return False
+        row.state = FireState.SUCCEEDED if outcome is Outcome.OK else FireState.FAILED
+        row.outcome = outcome
+        row.error = error
+        row.finished_at = finished_at
+        row.token = None
+        row.lease_until = None
+        return True
+
+    async def release_fires(self, leases: Sequence[FireLease], *, now: float) -> None:
+        """Give held fires back, claimable again, without counting the attempt."""
+        await anyio.lowlevel.checkpoint()
+        for item in leases:
+            row = self._fire(item)
+            if row is not None:
+                row.state = FireState.RELEASED
+                row.token = None
+                row.lease_until = None
+                row.attempts = max(row.attempts - 1, 0)
+
+    async def last_fire(self, handle: str) -> int | None:
+        """The latest fire instant of ``handle`` with a row in any state but released."""
+        await anyio.lowlevel.checkpoint()
+        rows = self._fires.get(handle, {})
+        return max(
+            (fire_at for fire_at, row in rows.items() if row.state is not FireState.RELEASED),
+            default=None,
+        )
+
+    async def prune_fires(self, *, before: float) -> int:
+        """Delete fire rows with ``fire_at < before`` that are not running; return how many."""
+        await anyio.lowlevel.checkpoint()
+        pruned = 0
+        for handle, rows in list(self._fires.items()):
+            old = [
+                fire_at
+                for fire_at, row in rows.items()
+                if fire_at < before and row.state is not FireState.RUNNING
+            ]
+            for fire_at in old:
+                del rows[fire_at]
+            pruned += len(old)
+            if not rows:
+                del self._fires[handle]
+        return pruned
+
+    def _fire(self, lease: FireLease) -> FireRow | None:
+        """The row of ``lease`` if it still runs under that lease's token."""
+        row = self._fires.get(lease.handle, {}).get(lease.fire_at)
+        return row if row is not None and row.holds(lease.token) else None
 
 
 def _fail_lease_lost(row: _Row, now: float) -> None:
