@@ -141,7 +141,7 @@ class TestLifecycle:
             rows = conn.execute("SELECT version, applied_at FROM sidecars_migrations").fetchall()
         finally:
             conn.close()
-        assert [r[0] for r in rows] == [1]
+        assert [r[0] for r in rows] == [1, 2]
         assert rows[0][1] > 0
 
     async def test_newer_schema_refused(self, tmp_path: Path) -> None:

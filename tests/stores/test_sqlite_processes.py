@@ -124,8 +124,12 @@ def test_four_processes_create_one_schema(tmp_path: Path) -> None:
         mode = conn.execute("PRAGMA journal_mode").fetchone()
     finally:
         conn.close()
-    assert versions == [(1,)]
-    assert sorted(t[0] for t in tables) == ["sidecars_jobs", "sidecars_migrations"]
+    assert versions == [(1,), (2,)]
+    assert sorted(t[0] for t in tables) == [
+        "sidecars_fires",
+        "sidecars_jobs",
+        "sidecars_migrations",
+    ]
     assert mode == ("wal",)
 
 

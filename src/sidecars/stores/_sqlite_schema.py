@@ -2,7 +2,8 @@
 
 Each migration is a tuple of statements applied in one transaction together with its row in
 ``sidecars_migrations``. Migrations are append-only: a released one is never edited, a change
-is a new number. Later numbers will add a ``key`` column (unique jobs) and a fires table.
+is a new number. Version 2 adds the fires table; a later number will add a ``key`` column
+(unique jobs).
 """
 
 from __future__ import annotations
@@ -50,5 +51,35 @@ _V1 = (
     """,
 )
 
-MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = ((1, _V1),)
+_V2 = (
+    # One row per (handle, fire instant): the primary key is what makes two runners that
+    # claim the same fire agree, and its index also serves last_fire (the newest instant of
+    # a handle is found walking it backwards). fire_at is whole epoch seconds.
+    """
+    CREATE TABLE sidecars_fires (
+        handle TEXT NOT NULL,
+        fire_at INTEGER NOT NULL,
+        state TEXT NOT NULL
+            CHECK (state IN ('running', 'succeeded', 'failed', 'skipped', 'released')),
+        outcome TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        token TEXT,
+        lease_until REAL,
+        claimed_at REAL,
+        finished_at REAL,
+        error TEXT,
+        PRIMARY KEY (handle, fire_at)
+    )
+    """,
+    # The overlap check: is any fire of this handle running under an unexpired lease?
+    """
+    CREATE INDEX sidecars_fires_overlap ON sidecars_fires (handle, state, lease_until)
+    """,
+    # Pruning deletes by age across all handles, which the primary key cannot serve.
+    """
+    CREATE INDEX sidecars_fires_age ON sidecars_fires (fire_at)
+    """,
+)
+
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = ((1, _V1), (2, _V2))
 """``(version, statements)`` pairs in ascending order."""

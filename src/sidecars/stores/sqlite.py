@@ -21,8 +21,15 @@ import anyio.to_thread
 
 from .._records import JobInfo, JobState, Outcome, RunType
 from ..exceptions import StoreUnavailable
-from ._base import ClaimedJob, Finish, Lease, NewJob
-from ._convert import LEASE_LOST_ERROR, check_finish_state, to_datetime
+from ._base import ClaimedJob, Finish, FireClaim, FireLease, FireRequest, Lease, NewJob
+from ._convert import (
+    LEASE_LOST_ERROR,
+    FireRow,
+    FireState,
+    check_finish_state,
+    decide_fire,
+    to_datetime,
+)
 from ._sqlite_schema import MIGRATIONS, MIGRATIONS_TABLE
 
 __all__ = ("MIN_SQLITE_VERSION", "SQLiteStore")
@@ -154,6 +161,75 @@ SELECT min(t) FROM (
     UNION ALL
     SELECT min(lease_until) FROM sidecars_jobs
     WHERE state = 'running' AND handle IN ({handles})
+)
+"""
+
+_FIRE_COLUMNS = (
+    "handle, fire_at, state, outcome, attempts, token, lease_until, claimed_at, finished_at, error"
+)
+
+# The rows a batch of fire requests names, read in the claim's write transaction, so what
+# the rules decide from them cannot change before the write.
+# CROSS JOIN keeps json_each outermost, so each key is one primary-key lookup rather than
+# a walk over all rows of its handle (a key repeated in the batch just reads twice).
+_FIRE_ROWS = f"""
+SELECT {", ".join(f"f.{c}" for c in _FIRE_COLUMNS.split(", "))}
+FROM json_each(?) AS k CROSS JOIN sidecars_fires AS f
+WHERE f.handle = json_extract(k.value, '$[0]') AND f.fire_at = json_extract(k.value, '$[1]')
+"""
+
+_FIRES_RUNNING = """
+SELECT handle, fire_at FROM sidecars_fires
+WHERE handle IN (SELECT value FROM json_each(?)) AND state = 'running' AND lease_until > ?
+"""
+
+_FIRE_UPSERT = f"""
+INSERT INTO sidecars_fires ({_FIRE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (handle, fire_at) DO UPDATE SET
+    state = excluded.state, outcome = excluded.outcome, attempts = excluded.attempts,
+    token = excluded.token, lease_until = excluded.lease_until,
+    claimed_at = excluded.claimed_at, finished_at = excluded.finished_at,
+    error = excluded.error
+"""
+
+_FIRE_LEASES = """
+    SELECT json_extract(value, '$[0]') AS l_handle, json_extract(value, '$[1]') AS l_fire_at,
+        json_extract(value, '$[2]') AS l_token
+    FROM json_each(?)
+"""
+
+_RENEW_FIRES = f"""
+UPDATE sidecars_fires SET lease_until = ?
+FROM ({_FIRE_LEASES}) AS l
+WHERE handle = l.l_handle AND fire_at = l.l_fire_at AND token = l.l_token
+    AND state = 'running'
+RETURNING handle, fire_at
+"""
+
+_RELEASE_FIRES = f"""
+UPDATE sidecars_fires
+SET state = 'released', token = NULL, lease_until = NULL, attempts = max(attempts - 1, 0)
+FROM ({_FIRE_LEASES}) AS l
+WHERE handle = l.l_handle AND fire_at = l.l_fire_at AND token = l.l_token
+    AND state = 'running'
+"""
+
+_FINISH_FIRE = """
+UPDATE sidecars_fires
+SET state = ?, outcome = ?, error = ?, finished_at = ?, token = NULL, lease_until = NULL
+WHERE handle = ? AND fire_at = ? AND token = ? AND state = 'running'
+RETURNING 1
+"""
+
+_LAST_FIRE = "SELECT max(fire_at) FROM sidecars_fires WHERE handle = ? AND state != 'released'"
+
+# Pruning deletes at most this many rows per transaction, so a large backlog never holds
+# the write lock for long: other processes' claims queue behind one short batch at a time.
+_PRUNE_BATCH = 1000
+
+_PRUNE_FIRES = """
+DELETE FROM sidecars_fires WHERE rowid IN (
+    SELECT rowid FROM sidecars_fires WHERE fire_at < ? AND state != 'running' LIMIT ?
 )
 """
 
@@ -588,6 +664,162 @@ class SQLiteStore:
         )
         value = rows[0][0] if rows else None
         return None if value is None else float(value)
+
+    async def claim_fires(
+        self, requests: Sequence[FireRequest], *, now: float, lease: float
+    ) -> list[FireClaim]:
+        """Claim fires for ``lease`` seconds, one answer per request, in order.
+
+        The whole batch is one ``BEGIN IMMEDIATE`` transaction: the rows are read and
+        written under the file's write lock, so two processes claiming the same fire at
+        the same instant get exactly one ``CLAIMED``. Requests are answered one after
+        another, so a later request of the batch sees what an earlier one claimed.
+        """
+        if not requests:
+            return []
+        keys = json.dumps([[r.handle, r.fire_at] for r in requests])
+        handles = json.dumps(list(dict.fromkeys(r.handle for r in requests)))
+
+        async def body(conn: aiosqlite.Connection) -> list[FireClaim]:
+            rows = {
+                (row.handle, row.fire_at): row
+                for row in map(_fire_row, await conn.execute_fetchall(_FIRE_ROWS, (keys,)))
+            }
+            running: dict[str, set[int]] = {}
+            for handle, fire_at in await conn.execute_fetchall(_FIRES_RUNNING, (handles, now)):
+                running.setdefault(handle, set()).add(fire_at)
+            answers: list[FireClaim] = []
+            changed: dict[tuple[str, int], FireRow] = {}
+            for request in requests:
+                key = (request.handle, request.fire_at)
+                others = running.get(request.handle, set())
+                overlapped = bool(others - {request.fire_at})
+                new, answer = decide_fire(
+                    rows.get(key), request, overlapped=overlapped, now=now, lease=lease
+                )
+                if new is not None:
+                    rows[key] = changed[key] = new
+                    if new.running_at(now):
+                        running.setdefault(request.handle, set()).add(request.fire_at)
+                answers.append(answer)
+            if changed:
+                await conn.executemany(_FIRE_UPSERT, [_fire_params(r) for r in changed.values()])
+            return answers
+
+        return await self._write("claim fires", body)
+
+    async def renew_fires(
+        self, leases: Sequence[FireLease], *, now: float, lease: float
+    ) -> set[tuple[str, int]]:
+        """Extend held fire leases to ``now + lease``; return the pairs still held."""
+        if not leases:
+            return set()
+        data = _fire_leases(leases)
+
+        async def body(conn: aiosqlite.Connection) -> list[Any]:
+            return list(await conn.execute_fetchall(_RENEW_FIRES, (now + lease, data)))
+
+        return {(row[0], row[1]) for row in await self._write("renew fires", body)}
+
+    async def finish_fire(
+        self,
+        lease: FireLease,
+        *,
+        outcome: Outcome,
+        finished_at: float,
+        error: str | None = None,
+    ) -> bool:
+        """Record the end of a fire: succeeded for ``OK``, else failed.
+
+        Returns:
+            True if the lease was still held and the result applied.
+        """
+        state = FireState.SUCCEEDED if outcome is Outcome.OK else FireState.FAILED
+        params = (
+            state.value,
+            outcome.value,
+            error,
+            finished_at,
+            lease.handle,
+            lease.fire_at,
+            lease.token,
+        )
+
+        async def body(conn: aiosqlite.Connection) -> list[Any]:
+            return list(await conn.execute_fetchall(_FINISH_FIRE, params))
+
+        return bool(await self._write("finish a fire", body))
+
+    async def release_fires(self, leases: Sequence[FireLease], *, now: float) -> None:
+        """Give held fires back, claimable again, without counting the attempt."""
+        if not leases:
+            return
+        data = _fire_leases(leases)
+
+        async def body(conn: aiosqlite.Connection) -> None:
+            await conn.execute(_RELEASE_FIRES, (data,))
+
+        await self._write("release fires", body)
+
+    async def last_fire(self, handle: str) -> int | None:
+        """The latest fire instant of ``handle`` with a row in any state but released."""
+        rows = await self._read(_LAST_FIRE, (handle,))
+        value = rows[0][0] if rows else None
+        return None if value is None else int(value)
+
+    async def prune_fires(self, *, before: float) -> int:
+        """Delete fire rows with ``fire_at < before`` that are not running; return how many.
+
+        Rows are deleted in batches of a thousand, each its own transaction, so pruning a
+        large table never keeps other writers waiting long. If the call is cancelled, the
+        batches already committed stay deleted.
+        """
+
+        async def body(conn: aiosqlite.Connection) -> int:
+            cursor = await conn.execute(_PRUNE_FIRES, (before, _PRUNE_BATCH))
+            return cursor.rowcount
+
+        total = 0
+        while True:
+            deleted = await self._write("prune fires", body)
+            total += deleted
+            if deleted < _PRUNE_BATCH:
+                return total
+
+
+def _fire_row(row: Any) -> FireRow:
+    handle, fire_at, state, outcome, attempts, token, lease_until, claimed_at, finished, error = row
+    return FireRow(
+        handle=handle,
+        fire_at=fire_at,
+        state=FireState(state),
+        outcome=None if outcome is None else Outcome(outcome),
+        attempts=attempts,
+        token=token,
+        lease_until=lease_until,
+        claimed_at=claimed_at,
+        finished_at=finished,
+        error=error,
+    )
+
+
+def _fire_params(row: FireRow) -> tuple[Any, ...]:
+    return (
+        row.handle,
+        row.fire_at,
+        row.state.value,
+        None if row.outcome is None else row.outcome.value,
+        row.attempts,
+        row.token,
+        row.lease_until,
+        row.claimed_at,
+        row.finished_at,
+        row.error,
+    )
+
+
+def _fire_leases(leases: Sequence[FireLease]) -> str:
+    return json.dumps([[item.handle, item.fire_at, item.token] for item in leases])
 
 
 def check_sqlite_version(version: tuple[int, int, int]) -> None:
