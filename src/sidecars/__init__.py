@@ -25,9 +25,6 @@ from ._sidecar import Sidecar as Sidecar
 from ._stats import HandleStats as HandleStats
 from ._stats import Stats as Stats
 from ._trigger import Trigger as Trigger
-from .schedule import At as At
-from .schedule import Schedule as Schedule
-from .schedule import Weekday as Weekday
 from .exceptions import DuplicateHandle as DuplicateHandle
 from .exceptions import InvalidDeclaration as InvalidDeclaration
 from .exceptions import InvalidSchedule as InvalidSchedule
@@ -38,6 +35,9 @@ from .exceptions import QueueFull as QueueFull
 from .exceptions import ShuttingDown as ShuttingDown
 from .exceptions import SidecarsError as SidecarsError
 from .exceptions import StoreUnavailable as StoreUnavailable
+from .schedule import At as At
+from .schedule import Schedule as Schedule
+from .schedule import Weekday as Weekday
 
 __version__ = "0.1.0.dev0"
 

@@ -14,14 +14,13 @@ from ._clock import Clock, SystemClock
 from ._memory import History, MemoryPool
 from ._records import JobInfo, JobRef, RunType
 from ._runner import Runner
-from ._sidecar import _UNSET, Handler, OnFull, Sidecar
+from ._sidecar import _UNSET, Handler, Misfire, OnFull, Overlap, Sidecar
 from ._stats import HandleStats, Stats
 from ._trigger import Trigger
 from .exceptions import (
     DuplicateHandle,
     InvalidDeclaration,
     NotRunning,
-    ShuttingDown,
     SidecarsError,
 )
 from .stores._base import NewJob, Store
@@ -62,6 +61,9 @@ class Sidecars:
             below ``lease``).
         poll_interval: seconds between looks for work enqueued by other processes (work
             enqueued in this process is picked up at once).
+        fire_retention: how long STANDALONE fire records are kept (default 24 hours); at
+            least each sidecar's ``misfire_grace`` plus ``lease``, or a late replica could
+            fire an instant again.
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class Sidecars:
         lease: float | timedelta = 30.0,
         lease_renew: float | timedelta = 10.0,
         poll_interval: float | timedelta = 1.0,
+        fire_retention: float | timedelta = 86_400.0,
     ) -> None:
         if store is None or isinstance(store, (str, os.PathLike)):
             from .stores.sqlite import SQLiteStore
@@ -96,6 +99,7 @@ class Sidecars:
                 f"Sidecars: field 'lease_renew': must be above 0 and below lease "
                 f"({self.lease}s), got {self.lease_renew}s"
             )
+        self.fire_retention = _positive("fire_retention", fire_retention)
         if self.poll_interval <= 0:
             raise InvalidDeclaration("Sidecars: field 'poll_interval': must be above 0")
         if (
@@ -133,6 +137,12 @@ class Sidecars:
         max_pending: int = ...,
         on_full: OnFull = ...,
         schedule: Trigger | None = ...,
+        per_replica: bool = ...,
+        overlap: Overlap = ...,
+        misfire: Misfire = ...,
+        misfire_grace: float | timedelta = ...,
+        misfire_tolerance: float | timedelta = ...,
+        misfire_cap: int = ...,
     ) -> Callable[[Handler[Any]], Sidecar[P]]: ...
 
     @overload
@@ -146,6 +156,12 @@ class Sidecars:
         max_pending: int = ...,
         on_full: OnFull = ...,
         schedule: Trigger | None = ...,
+        per_replica: bool = ...,
+        overlap: Overlap = ...,
+        misfire: Misfire = ...,
+        misfire_grace: float | timedelta = ...,
+        misfire_tolerance: float | timedelta = ...,
+        misfire_cap: int = ...,
     ) -> Callable[[Handler[P]], Sidecar[P]]: ...
 
     def sidecar(
@@ -159,6 +175,12 @@ class Sidecars:
         max_pending: int = 10_000,
         on_full: OnFull = "wait",
         schedule: Trigger | None = None,
+        per_replica: bool = _UNSET,
+        overlap: Overlap = _UNSET,
+        misfire: Misfire = _UNSET,
+        misfire_grace: float | timedelta = _UNSET,
+        misfire_tolerance: float | timedelta = _UNSET,
+        misfire_cap: int = _UNSET,
     ) -> Callable[[Handler[Any]], Sidecar[Any]]:
         """Declare a sidecar; use as a decorator on its handler.
 
@@ -174,6 +196,18 @@ class Sidecars:
                 ``"raise"`` :class:`QueueFull`.
             schedule: a :class:`Schedule` (or any :class:`Trigger`): required for
                 STANDALONE; for DEFERRED, jobs become due at its next fire.
+            per_replica: STANDALONE: fire in every process instead of once across all
+                processes sharing the store (default False).
+            overlap: STANDALONE: ``"skip"`` (default) a fire while the previous one still
+                runs anywhere, or ``"allow"`` up to ``concurrency`` at once.
+            misfire: STANDALONE: what to do with fires missed by more than
+                ``misfire_tolerance`` (downtime): ``"skip"`` them, run the ``"latest"``
+                (default), or replay ``"all"``, oldest first, one at a time.
+            misfire_grace: STANDALONE: how old a missed fire may be and still be replayed
+                (default 1 hour).
+            misfire_tolerance: STANDALONE: how late a fire may be noticed and still count
+                as on time (default 1 s).
+            misfire_cap: STANDALONE: the most fires ``"all"`` replays (default 100).
 
         Raises:
             DuplicateHandle: the handle is already declared (both places are named).
@@ -204,7 +238,21 @@ class Sidecars:
                 max_pending=max_pending,
                 on_full=on_full,
                 schedule=schedule,
+                per_replica=per_replica,
+                overlap=overlap,
+                misfire=misfire,
+                misfire_grace=misfire_grace,
+                misfire_tolerance=misfire_tolerance,
+                misfire_cap=misfire_cap,
             )
+            if made.run_type is RunType.STANDALONE and not made.fires.per_replica:
+                needed = made.fires.misfire_grace + self.lease
+                if self.fire_retention < needed:
+                    raise InvalidDeclaration(
+                        f"sidecar {handle!r}: field 'misfire_grace': fire records are kept "
+                        f"{self.fire_retention:g}s (fire_retention), less than misfire_grace "
+                        f"+ lease = {needed:g}s: a late replica could fire an instant twice"
+                    )
             self.sidecars[handle] = made
             return made
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Protocol, runtime_checkable
 
 import anyio
 
-__all__ = ("Clock", "FakeClock", "SystemClock")
+__all__ = ("Clock", "FakeClock", "SystemClock", "busy")
 
 # The scheduler never sleeps longer than this in one go: after an NTP step or a suspended
 # laptop the wall clock may have jumped, and a long sleep would miss fires.
@@ -74,12 +77,16 @@ class FakeClock:
         start: the initial time (aware); defaults to 2030-01-01 00:00 UTC.
     """
 
-    def __init__(self, start: datetime | None = None) -> None:
+    def __init__(self, start: datetime | None = None, *, settle_timeout: float = 30.0) -> None:
         self._now = (
             _as_utc(start) if start is not None else datetime(2030, 1, 1, tzinfo=timezone.utc)
         ).timestamp()
         self._sleepers: list[tuple[float, int, anyio.Event]] = []
         self._seq = itertools.count()
+        # Tasks doing time-driven work (a fire, a claimed job, a claim round): advance()
+        # waits for them, since a task waiting on a store's thread looks "blocked" to anyio.
+        self._busy: dict[int, int] = {}
+        self.settle_timeout = settle_timeout
 
     def time(self) -> float:
         """The current fake time, as epoch seconds."""
@@ -96,11 +103,17 @@ class FakeClock:
             return
         event = anyio.Event()
         heapq.heappush(self._sleepers, (deadline, next(self._seq), event))
+        # A busy task that sleeps on this clock is idle until woken (a handler may wait
+        # for fake time to pass).
+        task = anyio.get_current_task().id
+        depth = self._busy.pop(task, 0)
         try:
             await event.wait()
         finally:
             # A cancelled sleeper must not hold up advance(): a set event marks it gone.
             event.set()
+            if depth:
+                self._busy[task] = depth
 
     @property
     def next_deadline(self) -> float | None:
@@ -133,14 +146,46 @@ class FakeClock:
         await self._advance_to_ts(target)
 
     async def _advance_to_ts(self, target: float) -> None:
-        await anyio.wait_all_tasks_blocked()
+        await self.settle()
         while (nxt := self.next_deadline) is not None and nxt <= target:
             self._now = max(self._now, nxt)
             self._wake_due()
-            await anyio.wait_all_tasks_blocked()
+            await self.settle()
         self._now = target
         self._wake_due()
-        await anyio.wait_all_tasks_blocked()
+        await self.settle()
+
+    async def settle(self) -> None:
+        """Wait until every task is blocked and no time-driven work is in progress.
+
+        Raises:
+            TimeoutError: work stayed busy for ``settle_timeout`` real seconds (a handler
+                waiting for something only the test provides after ``advance`` returns).
+        """
+        started = time.monotonic()
+        while True:
+            await anyio.wait_all_tasks_blocked()
+            if not self._busy:
+                return
+            if time.monotonic() - started > self.settle_timeout:
+                raise TimeoutError(
+                    f"FakeClock: work still running after {self.settle_timeout}s of real "
+                    "time; does a handler wait for something the test does only later?"
+                )
+            await anyio.sleep(0.0005)
+
+    @contextmanager
+    def _track(self) -> Iterator[None]:
+        task = anyio.get_current_task().id
+        self._busy[task] = self._busy.get(task, 0) + 1
+        try:
+            yield
+        finally:
+            depth = self._busy.get(task, 0) - 1
+            if depth > 0:
+                self._busy[task] = depth
+            else:
+                self._busy.pop(task, None)
 
     def _wake_due(self) -> None:
         while self._sleepers and self._sleepers[0][0] <= self._now:
@@ -148,3 +193,13 @@ class FakeClock:
 
     def __repr__(self) -> str:
         return f"FakeClock({self.now().isoformat()})"
+
+
+@contextmanager
+def busy(clock: Clock) -> Iterator[None]:
+    """Mark time-driven work in progress, so a :class:`FakeClock` waits for it."""
+    if isinstance(clock, FakeClock):
+        with clock._track():
+            yield
+    else:
+        yield

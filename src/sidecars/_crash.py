@@ -8,6 +8,7 @@ Points:
     after_claim: a job has been claimed (its lease is held) and has not started.
     mid_handler: a job's handler has started and not returned.
     before_complete: a handler has returned and its completion is not yet stored.
+    during_fire: a STANDALONE fire's handler has started and not returned.
 
 Never set this in production: it exists for the crash tests of sidecars and of your app.
 """
@@ -19,7 +20,7 @@ import signal
 
 __all__ = ("POINTS", "CrashPoints")
 
-POINTS = frozenset({"after_claim", "mid_handler", "before_complete"})
+POINTS = frozenset({"after_claim", "mid_handler", "before_complete", "during_fire"})
 ENV = "SIDECARS_CRASH_POINT"
 
 

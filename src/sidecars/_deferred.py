@@ -16,6 +16,7 @@ import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from ._clock import busy
 from ._crash import CrashPoints
 from ._records import JobState, Outcome
 from ._retry import backoff_delay
@@ -168,36 +169,40 @@ class DeferredConsumer:
 
     async def _claim_loop(self) -> None:
         clock = self.runner.clock
-        store = self.store
         spins = 0
         while not self._stopping:
-            # A fresh event before looking, so a wake-up that arrives meanwhile is kept.
-            self._wake = anyio.Event()
-            for pool in self.pools.values():
-                if pool.idle <= 0:
-                    continue
-                jobs = await store.claim(
-                    [pool.handle], pool.idle, now=clock.time(), lease=self.lease
-                )
-                if jobs:
-                    self._claimed.set()
-                for job in jobs:
-                    self.held[job.id] = _Held(job)
-                    pool.idle -= 1
-                    pool.send.send_nowait(job)
-                    self.crash.reached("after_claim")
-            free = [p.handle for p in self.pools.values() if p.idle > 0]
-            due = await store.next_wakeup(free) if free else None
-            if due is not None and due <= clock.time():
-                # Claimable already (it became due while we were claiming): look again at
-                # once, unless the store keeps saying so without giving us anything.
-                spins += 1
-                if spins <= 3:
-                    await anyio.lowlevel.checkpoint()
-                    continue
-                due = None
-            spins = 0
+            with busy(clock):
+                due = await self._claim_round()
+                if due is not None and due <= clock.time():
+                    # Claimable already (it became due while we were claiming): look again
+                    # at once, unless the store keeps saying so without giving us anything.
+                    spins += 1
+                    if spins <= 3:
+                        await anyio.lowlevel.checkpoint()
+                        continue
+                    due = None
+                spins = 0
             await self._wait(due)
+
+    async def _claim_round(self) -> float | None:
+        """Claim for every handle with idle workers; return when to look next, if known."""
+        clock = self.runner.clock
+        store = self.store
+        # A fresh event before looking, so a wake-up that arrives meanwhile is kept.
+        self._wake = anyio.Event()
+        for pool in self.pools.values():
+            if pool.idle <= 0:
+                continue
+            jobs = await store.claim([pool.handle], pool.idle, now=clock.time(), lease=self.lease)
+            if jobs:
+                self._claimed.set()
+            for job in jobs:
+                self.held[job.id] = _Held(job)
+                pool.idle -= 1
+                pool.send.send_nowait(job)
+                self.crash.reached("after_claim")
+        free = [p.handle for p in self.pools.values() if p.idle > 0]
+        return await store.next_wakeup(free) if free else None
 
     async def _wait(self, due: float | None) -> None:
         wake = self._wake
@@ -273,7 +278,8 @@ class DeferredConsumer:
                 except anyio.EndOfStream:
                     return
                 try:
-                    await self._run(pool, job)
+                    with busy(self.runner.clock):
+                        await self._run(pool, job)
                 finally:
                     pool.idle += 1
                     self.wake()

@@ -20,6 +20,7 @@ from ._crash import CrashPoints
 from ._deferred import DeferredConsumer
 from ._memory import MemoryPool
 from ._records import RunType
+from ._scheduler import Scheduler
 from ._stats import Counters, HandleStats, Stats
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ class Runner:
         self.grace = grace
         self.consume = consume
         self.deferred: DeferredConsumer | None = None
+        self.scheduler: Scheduler | None = None
         self.accepting = False
         self.history = app.history
         self.counters: dict[str, Counters] = {h: Counters() for h in app.sidecars}
@@ -73,6 +75,7 @@ class Runner:
                 failed=c.failed,
                 timed_out=c.timed_out,
                 dropped=c.dropped,
+                skipped=c.skipped,
             )
         return Stats(running=self.accepting, handles=handles, loop_restarts=self.loop_restarts)
 
@@ -115,6 +118,18 @@ class Runner:
                 poll_interval=app.poll_interval,
                 crash=crash,
             )
+        standalone = [s for s in app.sidecars.values() if s.run_type is RunType.STANDALONE]
+        if standalone and self.consume:
+            cluster = any(not s.fires.per_replica for s in standalone)
+            self.scheduler = Scheduler(
+                self,
+                standalone,
+                await app._open_store() if cluster else None,
+                lease=app.lease,
+                renew_every=app.lease_renew,
+                retention=app.fire_retention,
+                crash=crash,
+            )
         try:
             async with anyio.create_task_group() as tg:
                 for handle, sidecar in app.sidecars.items():
@@ -124,6 +139,8 @@ class Runner:
                         self.pools[handle] = pool
                 if self.deferred is not None:
                     self.deferred.start(tg)
+                if self.scheduler is not None:
+                    self.scheduler.start(tg, tg)
                 self.accepting = True
                 try:
                     yield self
@@ -143,6 +160,12 @@ class Runner:
                             released,
                         )
                     self.deferred.close()
+                if self.scheduler is not None:
+                    released = await self.scheduler.release_held()
+                    if released:
+                        log.warning(
+                            "sidecars: gave back %d fire(s) cancelled by shutdown", released
+                        )
 
     async def _shutdown(self, tg: anyio.abc.TaskGroup) -> None:
         self.accepting = False
@@ -150,11 +173,15 @@ class Runner:
             pool.close_intake()
         if self.deferred is not None:
             await self.deferred.stop_claiming()
+        if self.scheduler is not None:
+            self.scheduler.stop()
         with anyio.move_on_after(self.grace):
             for pool in self.pools.values():
                 await pool.idle.wait()
             if self.deferred is not None:
                 await self.deferred.idle.wait()
+            if self.scheduler is not None:
+                await self.scheduler.idle.wait()
         running = sum(pool.running for pool in self.pools.values())
         dropped = 0
         for handle, pool in self.pools.items():
@@ -162,6 +189,8 @@ class Runner:
             self.counters[handle].dropped += n
             dropped += n
         cancelled_deferred = len(self.deferred.held) if self.deferred is not None else 0
+        if self.scheduler is not None:
+            cancelled_deferred += self.scheduler._running
         if running or dropped or cancelled_deferred:
             log.warning(
                 "sidecars: shutdown grace of %ss ran out: cancelling %d running memory "

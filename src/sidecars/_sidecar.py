@@ -26,6 +26,8 @@ Handler = Callable[[JobContext[P]], object]
 """A handler: an async or sync function taking a :class:`JobContext`."""
 
 OnFull = Literal["wait", "raise"]
+Misfire = Literal["skip", "latest", "all"]
+Overlap = Literal["skip", "allow"]
 
 _HANDLE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,199}")
 _UNSET: Any = object()
@@ -110,6 +112,18 @@ class _Settings:
     max_attempts: int
 
 
+@dataclass(frozen=True, slots=True)
+class FireSettings:
+    """How a STANDALONE sidecar's fires are run."""
+
+    per_replica: bool
+    overlap: Overlap
+    misfire: Misfire
+    misfire_grace: float
+    misfire_tolerance: float
+    misfire_cap: int
+
+
 class Sidecar(Generic[P]):
     """A declared unit of work, made by :meth:`Sidecars.sidecar`.
 
@@ -120,6 +134,7 @@ class Sidecar(Generic[P]):
     __slots__ = (
         "_app",
         "codec",
+        "fires",
         "handle",
         "handler",
         "is_async",
@@ -142,6 +157,12 @@ class Sidecar(Generic[P]):
         max_pending: int = 10_000,
         on_full: OnFull = "wait",
         schedule: Trigger | None = None,
+        per_replica: bool = _UNSET,
+        overlap: Overlap = _UNSET,
+        misfire: Misfire = _UNSET,
+        misfire_grace: float | timedelta = _UNSET,
+        misfire_tolerance: float | timedelta = _UNSET,
+        misfire_cap: int = _UNSET,
     ) -> None:
         if not isinstance(handle, str) or not _HANDLE_RE.fullmatch(handle):
             raise InvalidDeclaration(
@@ -163,8 +184,7 @@ class Sidecar(Generic[P]):
         self.where = _where(handler)
         # A callable object is async when its class's __call__ is.
         self.is_async = inspect.iscoroutinefunction(handler) or (
-            not inspect.isroutine(handler)
-            and inspect.iscoroutinefunction(type(handler).__call__)
+            not inspect.isroutine(handler) and inspect.iscoroutinefunction(type(handler).__call__)
         )
 
         if schedule is not None and not isinstance(schedule, Trigger):
@@ -207,6 +227,16 @@ class Sidecar(Generic[P]):
             raise InvalidDeclaration(
                 f"sidecar {handle!r}: field 'on_full': expected 'wait' or 'raise', got {on_full!r}"
             )
+        self.fires = _fire_settings(
+            handle,
+            run_type,
+            per_replica=per_replica,
+            overlap=overlap,
+            misfire=misfire,
+            misfire_grace=misfire_grace,
+            misfire_tolerance=misfire_tolerance,
+            misfire_cap=misfire_cap,
+        )
         self.settings = _Settings(
             concurrency=_positive_int(handle, "concurrency", concurrency),
             timeout=_seconds(handle, "timeout", timeout),
@@ -292,3 +322,54 @@ def _aware(handle: str, when: datetime) -> float:
             f"sidecar {handle!r}: field 'run_at': expected an aware datetime, got naive {when!r}"
         )
     return when.astimezone(timezone.utc).timestamp()
+
+
+def _fire_settings(handle: str, run_type: RunType, **given: Any) -> FireSettings:
+    """Check the fire options: they belong to STANDALONE sidecars only."""
+    if run_type is not RunType.STANDALONE:
+        for name, value in given.items():
+            if value is not _UNSET:
+                raise InvalidDeclaration(
+                    f"sidecar {handle!r}: field {name!r}: only a STANDALONE sidecar has "
+                    "fires (a scheduled DEFERRED job never misfires: it runs when due)"
+                )
+    per_replica = given["per_replica"]
+    per_replica = False if per_replica is _UNSET else per_replica
+    if not isinstance(per_replica, bool):
+        raise InvalidDeclaration(
+            f"sidecar {handle!r}: field 'per_replica': expected True or False, got {per_replica!r}"
+        )
+    overlap: Overlap = "skip" if given["overlap"] is _UNSET else given["overlap"]
+    if overlap not in ("skip", "allow"):
+        raise InvalidDeclaration(
+            f"sidecar {handle!r}: field 'overlap': expected 'skip' or 'allow', got {overlap!r}"
+        )
+    misfire: Misfire = "latest" if given["misfire"] is _UNSET else given["misfire"]
+    if misfire not in ("skip", "latest", "all"):
+        raise InvalidDeclaration(
+            f"sidecar {handle!r}: field 'misfire': expected 'skip', 'latest' or 'all', "
+            f"got {misfire!r}"
+        )
+    grace = _seconds(
+        handle,
+        "misfire_grace",
+        3600.0 if given["misfire_grace"] is _UNSET else given["misfire_grace"],
+    )
+    tolerance = _seconds(
+        handle,
+        "misfire_tolerance",
+        1.0 if given["misfire_tolerance"] is _UNSET else given["misfire_tolerance"],
+    )
+    cap = _positive_int(
+        handle, "misfire_cap", 100 if given["misfire_cap"] is _UNSET else given["misfire_cap"]
+    )
+    assert grace is not None
+    assert tolerance is not None
+    return FireSettings(
+        per_replica=per_replica,
+        overlap=overlap,
+        misfire=misfire,
+        misfire_grace=grace,
+        misfire_tolerance=tolerance,
+        misfire_cap=cap,
+    )

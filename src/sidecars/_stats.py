@@ -13,9 +13,10 @@ __all__ = ("Counters", "HandleStats", "Stats")
 class Counters:
     """Live counters of one handle (mutated only from the event loop)."""
 
-    __slots__ = ("dropped", "enqueued", "failed", "running", "succeeded", "timed_out")
+    __slots__ = ("dropped", "enqueued", "failed", "running", "skipped", "succeeded", "timed_out")
 
     def __init__(self) -> None:
+        self.skipped = 0
         self.enqueued = 0
         self.running = 0
         self.succeeded = 0
@@ -46,6 +47,7 @@ class HandleStats:
         failed: runs that raised.
         timed_out: runs cancelled by their timeout.
         dropped: runs cancelled or jobs dropped by shutdown.
+        skipped: STANDALONE fires skipped because the previous fire was still running.
     """
 
     handle: str
@@ -57,6 +59,7 @@ class HandleStats:
     failed: int = 0
     timed_out: int = 0
     dropped: int = 0
+    skipped: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
