@@ -1,17 +1,19 @@
-"""SQLiteStore behaviour beyond the contract: durability, schema, locking, group commit."""
+"""SQLiteStore behaviour beyond the contract: durability, schema, locking, group commit, fires."""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
-from sidecars._records import JobState
+from sidecars._records import JobState, Outcome
 from sidecars.exceptions import StoreUnavailable
-from sidecars.stores import SQLiteStore
+from sidecars.stores import FireRequest, FireStatus, SQLiteStore
 from sidecars.stores import sqlite as sqlite_module
+from sidecars.stores._sqlite_schema import MIGRATIONS, MIGRATIONS_TABLE
 
 from ._support import NOW, new_job
 
@@ -283,5 +285,133 @@ class TestCancellation:
             await store.enqueue([job])
             claimed = await store.claim(["h"], 1, now=NOW, lease=30)
             assert [j.id for j in claimed] == [job.id]
+        finally:
+            await store.close()
+
+
+class TestFires:
+    async def test_migrates_a_version_1_file(self, tmp_path: Path) -> None:
+        """A file at schema version 1 gains the fires table on open and keeps its jobs."""
+        path = tmp_path / "jobs.db"
+        job = new_job()
+        conn = raw(path)
+        try:
+            # The file as sidecars wrote it before fires existed.
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(MIGRATIONS_TABLE)
+            ((version, statements),) = [m for m in MIGRATIONS if m[0] == 1]
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute("INSERT INTO sidecars_migrations VALUES (?, 0)", (version,))
+            conn.execute(
+                "INSERT INTO sidecars_jobs (id, handle, state, payload, max_attempts, run_at, "
+                "created_at) VALUES (?, 'h', 'queued', '{}', 1, ?, ?)",
+                (str(job.id), NOW, NOW),
+            )
+        finally:
+            conn.close()
+
+        store = SQLiteStore(path)
+        try:
+            await store.open()
+            assert await store.get_job(job.id) is not None
+            (answer,) = await store.claim_fires(
+                [FireRequest(handle="h", fire_at=int(NOW))], now=NOW, lease=30
+            )
+            assert answer.status is FireStatus.CLAIMED
+        finally:
+            await store.close()
+        conn = raw(path)
+        try:
+            versions = [r[0] for r in conn.execute("SELECT version FROM sidecars_migrations")]
+            indexes = {
+                r[0]
+                for r in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?",
+                    ("sidecars_fires",),
+                )
+            }
+        finally:
+            conn.close()
+        assert versions == [1, 2]
+        assert {"sidecars_fires_overlap", "sidecars_fires_age"} <= indexes
+
+    async def test_connections_race_for_one_fire(self, tmp_path: Path) -> None:
+        """Several stores (one connection each) claiming the same fires claim each once."""
+        path = tmp_path / "jobs.db"
+        stores = [SQLiteStore(path) for _ in range(4)]
+        answers: list[FireStatus] = []
+        requests = [
+            FireRequest(handle="h", fire_at=int(NOW) + i, skip_if_running=False) for i in range(20)
+        ]
+
+        async def claim(store: SQLiteStore) -> None:
+            for request in requests:
+                (answer,) = await store.claim_fires([request], now=NOW, lease=30)
+                answers.append(answer.status)
+
+        try:
+            for store in stores:
+                await store.open()
+            async with anyio.create_task_group() as tg:
+                for store in stores:
+                    for _ in range(3):
+                        tg.start_soon(claim, store)
+        finally:
+            for store in stores:
+                await store.close()
+        assert answers.count(FireStatus.CLAIMED) == 20
+        assert answers.count(FireStatus.TAKEN) == 20 * 11
+
+    async def test_fire_rows_readable_in_sql(self, tmp_path: Path) -> None:
+        """A fire row keeps its columns in plain SQL types, and survives reopening."""
+        path = tmp_path / "jobs.db"
+        store = SQLiteStore(path)
+        try:
+            (answer,) = await store.claim_fires(
+                [FireRequest(handle="h", fire_at=int(NOW))], now=NOW, lease=30
+            )
+            await store.finish_fire(
+                answer.lease(), outcome=Outcome.ERROR, finished_at=NOW + 1, error="boom"
+            )
+        finally:
+            await store.close()
+        conn = raw(path)
+        try:
+            row = conn.execute(
+                "SELECT handle, fire_at, state, outcome, attempts, token, lease_until, "
+                "claimed_at, finished_at, error FROM sidecars_fires"
+            ).fetchone()
+        finally:
+            conn.close()
+        assert row == ("h", int(NOW), "failed", "error", 1, None, None, NOW, NOW + 1, "boom")
+        reopened = SQLiteStore(path)
+        try:
+            assert await reopened.last_fire("h") == int(NOW)
+        finally:
+            await reopened.close()
+
+    async def test_prune_in_bounded_batches(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Pruning deletes at most one batch per transaction and still counts every row."""
+        monkeypatch.setattr(sqlite_module, "_PRUNE_BATCH", 7)
+        store = SQLiteStore(tmp_path / "jobs.db")
+        transactions = 0
+        write = store._write
+
+        async def counting_write(what: str, body: Any) -> Any:
+            nonlocal transactions
+            transactions += what == "prune fires"
+            return await write(what, body)
+
+        monkeypatch.setattr(store, "_write", counting_write)
+        try:
+            requests = [FireRequest(handle="h", fire_at=int(NOW) + i) for i in range(30)]
+            answers = await store.claim_fires(requests, now=NOW, lease=30)
+            assert await store.prune_fires(before=NOW + 30) == 29  # the first still runs
+            assert transactions == 5
+            assert await store.last_fire("h") == int(NOW)
+            assert answers[0].status is FireStatus.CLAIMED
         finally:
             await store.close()

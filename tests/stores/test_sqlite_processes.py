@@ -28,7 +28,7 @@ SRC = Path(sidecars.stores.__file__).resolve().parents[2]
 PRELUDE = """
 import json, sys, time, uuid
 import anyio
-from sidecars.stores import Finish, NewJob, SQLiteStore
+from sidecars.stores import Finish, FireRequest, FireStatus, NewJob, SQLiteStore
 from sidecars._records import JobState, Outcome
 
 path, start_at = sys.argv[1], float(sys.argv[2])
@@ -65,6 +65,32 @@ async def main():
         assert applied == {job.id for job in batch}
     await store.close()
     print(json.dumps(mine))
+
+anyio.run(main)
+"""
+
+# Both processes walk the same instants in the same order, one request per transaction, so
+# they collide on nearly every instant; the skip policy is off so that only the claim race
+# decides who runs.
+CLAIM_FIRES = """
+async def main():
+    store = SQLiteStore(path)
+    fires = [int(f) for f in sys.argv[3].split(",")]
+    mine, seen = [], 0
+    for fire_at in fires:
+        (answer,) = await store.claim_fires(
+            [FireRequest(handle="h", fire_at=fire_at, skip_if_running=False)],
+            now=time.time(), lease=600,
+        )
+        seen += 1
+        if answer.status is FireStatus.CLAIMED:
+            mine.append(fire_at)
+            assert await store.finish_fire(answer.lease(), outcome=Outcome.OK,
+                                           finished_at=time.time())
+        else:
+            assert answer.status is FireStatus.TAKEN, answer
+    await store.close()
+    print(json.dumps({"claimed": mine, "seen": seen}))
 
 anyio.run(main)
 """
@@ -158,6 +184,36 @@ def test_two_processes_claim_disjoint(tmp_path: Path) -> None:
     try:
         rows = conn.execute("SELECT state, attempts, count(*) FROM sidecars_jobs GROUP BY 1, 2")
         assert rows.fetchall() == [("succeeded", 1, 2000)]
+    finally:
+        conn.close()
+
+
+def test_two_processes_claim_each_fire_once(tmp_path: Path) -> None:
+    """Two processes racing to claim the same 200 fire instants claim each exactly once."""
+    path = tmp_path / "jobs.db"
+
+    async def setup() -> None:
+        # The schema exists beforehand, so the processes race on claims alone.
+        store = SQLiteStore(path)
+        try:
+            await store.open()
+        finally:
+            await store.close()
+
+    anyio.run(setup, backend="asyncio")
+    fires = [1_700_000_000 + 60 * i for i in range(200)]
+    start_at = str(time.time() + 1.5)
+    arg = ",".join(map(str, fires))
+    procs = [spawn(tmp_path, "fires", CLAIM_FIRES, str(path), start_at, arg) for _ in range(2)]
+    first, second = (json.loads(out) for out in wait_all(procs, timeout=60))
+
+    assert first["seen"] == second["seen"] == 200
+    assert not set(first["claimed"]) & set(second["claimed"])
+    assert sorted(first["claimed"] + second["claimed"]) == fires
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute("SELECT state, attempts, count(*) FROM sidecars_fires GROUP BY 1, 2")
+        assert rows.fetchall() == [("succeeded", 1, 200)]
     finally:
         conn.close()
 
