@@ -1,4 +1,4 @@
-"""Small helpers shared by the store implementations."""
+"""Helpers shared by the store implementations, including the fire-claim rules both apply."""
 
 from __future__ import annotations
 
