@@ -237,32 +237,33 @@ class DeferredConsumer:
             if at_risk:
                 deadline = min(deadline, min(at_risk))
             await clock.sleep_until(deadline)
-            if not self.held:
-                continue
-            now = clock.time()
-            held = list(self.held.values())
-            try:
-                kept = await self.store.renew(
-                    [Lease(id=h.job.id, token=h.job.token) for h in held],
-                    now=now,
-                    lease=self.lease,
-                )
-            except Exception:
-                log.warning("sidecars: lease renewal failed; will retry", exc_info=True)
-                kept = set()
-            for h in held:
-                if h.job.id in kept:
-                    h.lease_until = now + self.lease
-                    h.renewed = True
+            with busy(clock):  # a fake clock waits for the renewal to land
+                if not self.held:
                     continue
-                h.renewed = False
-                if now >= h.lease_until and not h.lost:
-                    # Past the lease deadline another runner may hold the job: stop.
-                    h.lost = True
-                    if h.scope is not None:
-                        h.scope.cancel()
+                now = clock.time()
+                held = list(self.held.values())
+                try:
+                    kept = await self.store.renew(
+                        [Lease(id=h.job.id, token=h.job.token) for h in held],
+                        now=now,
+                        lease=self.lease,
+                    )
+                except Exception:
+                    log.warning("sidecars: lease renewal failed; will retry", exc_info=True)
+                    kept = set()
+                for h in held:
+                    if h.job.id in kept:
+                        h.lease_until = now + self.lease
+                        h.renewed = True
+                        continue
+                    h.renewed = False
+                    if now >= h.lease_until and not h.lost:
+                        # Past the lease deadline another runner may hold the job: stop.
+                        h.lost = True
+                        if h.scope is not None:
+                            h.scope.cancel()
 
-    # -- running -----------------------------------------------------------------------
+        # -- running -----------------------------------------------------------------------
 
     async def _worker(self, pool: _Pool) -> None:
         receive = pool.receive

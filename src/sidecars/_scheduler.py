@@ -435,27 +435,28 @@ class Scheduler:
             if at_risk:
                 deadline = min(deadline, min(at_risk))
             await clock.sleep_until(deadline)
-            if not self.held:
-                continue
-            now = clock.time()
-            held = list(self.held.values())
-            try:
-                kept = await self.store.renew_fires(
-                    [h.lease for h in held], now=now, lease=self.lease
-                )
-            except Exception:
-                log.warning("sidecars: fire lease renewal failed; will retry", exc_info=True)
-                kept = set()
-            for h in held:
-                if (h.lease.handle, h.lease.fire_at) in kept:
-                    h.lease_until = now + self.lease
-                    h.renewed = True
+            with busy(clock):  # a fake clock waits for the renewal to land
+                if not self.held:
                     continue
-                h.renewed = False
-                if now >= h.lease_until and not h.lost:
-                    h.lost = True
-                    if h.scope is not None:
-                        h.scope.cancel()
+                now = clock.time()
+                held = list(self.held.values())
+                try:
+                    kept = await self.store.renew_fires(
+                        [h.lease for h in held], now=now, lease=self.lease
+                    )
+                except Exception:
+                    log.warning("sidecars: fire lease renewal failed; will retry", exc_info=True)
+                    kept = set()
+                for h in held:
+                    if (h.lease.handle, h.lease.fire_at) in kept:
+                        h.lease_until = now + self.lease
+                        h.renewed = True
+                        continue
+                    h.renewed = False
+                    if now >= h.lease_until and not h.lost:
+                        h.lost = True
+                        if h.scope is not None:
+                            h.scope.cancel()
 
     async def _prune(self, now: float) -> None:
         if self.store is None or now < self._next_prune:
