@@ -380,6 +380,7 @@ class Sidecars:
         *,
         run_at: datetime | None,
         delay: timedelta | float | None,
+        connection: Any = None,
     ) -> list[JobRef]:
         # Unlike memory jobs, deferred jobs are still taken during shutdown: they are
         # durable, and another runner (or this one, after a restart) will run them.
@@ -401,7 +402,16 @@ class Sidecars:
         if not jobs:
             return []
         store = await self._open_store()
-        await store.enqueue(jobs)
+        if connection is None:
+            await store.enqueue(jobs)
+        else:
+            enqueue_in = getattr(store, "enqueue_in", None)
+            if enqueue_in is None:
+                raise InvalidDeclaration(
+                    f"sidecar {sidecar.handle!r}: field 'connection': {type(store).__name__} "
+                    "cannot enqueue inside your transaction (PostgresStore can)"
+                )
+            await enqueue_in(connection, jobs)
         if runner is not None:
             runner.stats_for(sidecar.handle).enqueued += len(jobs)
             if runner.deferred is not None:

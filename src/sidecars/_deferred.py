@@ -22,7 +22,7 @@ from ._records import JobState, Outcome
 from ._retry import backoff_delay
 from ._worker import execute
 from .exceptions import PayloadError
-from .stores._base import ClaimedJob, Finish, Lease, Store
+from .stores._base import ClaimedJob, Finish, Lease, Notifying, Store
 
 if TYPE_CHECKING:
     from ._runner import Runner
@@ -113,6 +113,14 @@ class DeferredConsumer:
                 tg.start_soon(self._worker, pool, name=f"sidecars deferred {pool.handle}#{i}")
         tg.start_soon(self._claim_loop_supervised, name="sidecars claim loop")
         tg.start_soon(self.runner.supervise, "lease renewal", self._renew_loop)
+        store = self.store
+        if isinstance(store, Notifying):
+            handles = list(self.pools)
+
+            async def watch() -> None:
+                await store.watch(handles, lambda _handle: self.wake())
+
+            tg.start_soon(self._watch_supervised, watch, name="sidecars store watch")
         if not self._workers:
             self.idle.set()
 
@@ -162,6 +170,10 @@ class DeferredConsumer:
                 )
 
     # -- claiming ----------------------------------------------------------------------
+
+    async def _watch_supervised(self, watch: Any) -> None:
+        with self._claim_scope:
+            await self.runner.supervise("store watch", watch)
 
     async def _claim_loop_supervised(self) -> None:
         with self._claim_scope:

@@ -256,6 +256,7 @@ class Sidecar(Generic[P]):
         *,
         run_at: datetime | None = None,
         delay: timedelta | float | None = None,
+        connection: Any = None,
     ) -> JobRef:
         """Send one job.
 
@@ -266,6 +267,9 @@ class Sidecar(Generic[P]):
             payload: the payload (a model instance, or anything that validates as one).
             run_at: DEFERRED only: when the job becomes due (aware datetime).
             delay: DEFERRED only: how long from now until it becomes due.
+            connection: DEFERRED only, on a store that supports it (PostgreSQL): enqueue
+                inside the caller's own transaction on this connection; the job then
+                exists if and only if that transaction commits.
 
         Raises:
             PayloadError: the payload is invalid or would not survive JSON.
@@ -274,10 +278,10 @@ class Sidecar(Generic[P]):
             QueueFull: the MEMORY queue is full and ``on_full="raise"``.
         """
         if self.run_type is RunType.MEMORY:
-            if run_at is not None or delay is not None:
+            if run_at is not None or delay is not None or connection is not None:
                 raise InvalidDeclaration(
-                    f"sidecar {self.handle!r}: field 'run_at': a MEMORY job runs at once; use "
-                    "a DEFERRED sidecar to run it later"
+                    f"sidecar {self.handle!r}: field 'run_at': a MEMORY job runs at once, in "
+                    "process; use a DEFERRED sidecar to run it later or transactionally"
                 )
             return await self._app._enqueue_memory(self, payload)
         if self.run_type is RunType.STANDALONE:
@@ -285,7 +289,9 @@ class Sidecar(Generic[P]):
                 f"sidecar {self.handle!r}: a STANDALONE sidecar runs on its schedule and "
                 "cannot be sent jobs"
             )
-        (ref,) = await self._app._enqueue_deferred(self, [payload], run_at=run_at, delay=delay)
+        (ref,) = await self._app._enqueue_deferred(
+            self, [payload], run_at=run_at, delay=delay, connection=connection
+        )
         return ref
 
     async def enqueue_many(
@@ -294,6 +300,7 @@ class Sidecar(Generic[P]):
         *,
         run_at: datetime | None = None,
         delay: timedelta | float | None = None,
+        connection: Any = None,
     ) -> list[JobRef]:
         """Send many jobs at once: validated first, then stored in one transaction.
 
@@ -310,7 +317,9 @@ class Sidecar(Generic[P]):
             raise InvalidDeclaration(
                 f"sidecar {self.handle!r}: a STANDALONE sidecar cannot be sent jobs"
             )
-        return await self._app._enqueue_deferred(self, items, run_at=run_at, delay=delay)
+        return await self._app._enqueue_deferred(
+            self, items, run_at=run_at, delay=delay, connection=connection
+        )
 
     def __repr__(self) -> str:
         return f"<Sidecar {self.handle!r} {self.run_type.value}>"

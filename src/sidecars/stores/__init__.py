@@ -12,6 +12,7 @@ from ._base import FireRequest as FireRequest
 from ._base import FireStatus as FireStatus
 from ._base import Lease as Lease
 from ._base import NewJob as NewJob
+from ._base import Notifying as Notifying
 from ._base import Store as Store
 from .memory import MemoryStore as MemoryStore
 from .sqlite import SQLiteStore as SQLiteStore
@@ -26,6 +27,7 @@ __all__ = (
     "Lease",
     "MemoryStore",
     "NewJob",
+    "Notifying",
     "SQLiteStore",
     "Store",
 )

@@ -12,7 +12,7 @@ expired and was re-claimed elsewhere can change nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol, runtime_checkable
@@ -29,6 +29,7 @@ __all__ = (
     "FireStatus",
     "Lease",
     "NewJob",
+    "Notifying",
     "Store",
 )
 
@@ -280,3 +281,19 @@ class Store(Protocol):
     async def prune_fires(self, *, before: float) -> int:
         """Delete finished or skipped fire rows with ``fire_at < before``; return how many."""
         ...
+
+
+@runtime_checkable
+class Notifying(Protocol):
+    """A store that can tell a runner about new work as it is enqueued (optional).
+
+    A runner whose store implements this runs :meth:`watch` for as long as it runs and
+    polls only as a fallback. The SQLite store does not need it (in-process wake-ups cover
+    one process, polling the others); the PostgreSQL store uses LISTEN/NOTIFY.
+    """
+
+    async def watch(self, handles: Sequence[str], wake: Callable[[str], None]) -> None:
+        """Call ``wake(handle)`` whenever a job of one of ``handles`` may have become
+        claimable, until cancelled. Raise to be restarted (with backoff) by the runner."""
+        ...
+
