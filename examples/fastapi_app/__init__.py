@@ -10,11 +10,19 @@ the SQLite file ``sidecars.db`` there, and report jobs write ``reports/<job id>.
 
 Try: ``curl -X POST localhost:8000/reports -H 'content-type: application/json'
 -d '{"title": "weekly"}'``, then ``curl localhost:8000/jobs/<job_id>``.
+
+Schedules: ``heartbeat`` runs every ``$SIDECARS_EXAMPLE_HEARTBEAT`` seconds (default 5) once
+across all worker processes and appends to ``heartbeat.log``; ``replica_heartbeat`` does the
+same in every process (``replica_heartbeat.log``); ``POST /reports/monthly`` queues a report
+for the 1st of next month at 03:00 America/Denver. Run several workers on one file with
+``uvicorn examples.fastapi_app:app --workers 3``: each heartbeat instant appears once in
+``heartbeat.log`` and three times in ``replica_heartbeat.log``.
 """
 
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +31,17 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from sidecars import JobContext, JobInfo, PayloadError, QueueFull, RunType, ShuttingDown, Sidecars
+from sidecars import (
+    At,
+    JobContext,
+    JobInfo,
+    PayloadError,
+    QueueFull,
+    RunType,
+    Schedule,
+    ShuttingDown,
+    Sidecars,
+)
 from sidecars.fastapi import SidecarsDep
 
 __all__ = ("app", "sc")
@@ -32,8 +50,11 @@ DATA_DIR = Path(os.environ.get("SIDECARS_EXAMPLE_DIR", "var"))
 OUTBOX = DATA_DIR / "outbox"
 
 REPORTS = DATA_DIR / "reports"
+HEARTBEAT = timedelta(seconds=float(os.environ.get("SIDECARS_EXAMPLE_HEARTBEAT", "5")))
+LEASE = float(os.environ.get("SIDECARS_EXAMPLE_LEASE", "30"))
+DATA_DIR.mkdir(parents=True, exist_ok=True)
 
-sc = Sidecars(DATA_DIR / "sidecars.db", grace=10)
+sc = Sidecars(DATA_DIR / "sidecars.db", grace=10, lease=LEASE, lease_renew=LEASE / 3)
 
 
 EMAIL = r"^[^@\s]+@[^@\s]+$"
@@ -66,13 +87,9 @@ class Report(BaseModel):
     rows: int = Field(default=100, ge=1, le=100_000)
 
 
-@sc.sidecar(handle="report_build", run_type=RunType.DEFERRED, concurrency=2, timeout=120)
-async def build_report(job: JobContext[Report]) -> None:
-    """Build a report file. Durable: it survives a crash or a deploy and runs exactly when due.
-
-    Idempotent on purpose (deferred jobs run at least once): the file is named after the job
-    and replaced atomically, so a re-run after a crash rewrites the same file.
-    """
+async def _write_report(job: JobContext[Report]) -> None:
+    """Write a report file, idempotently (deferred jobs run at least once): the file is
+    named after the job and replaced atomically, so a re-run rewrites the same file."""
     report = job.payload
     lines = [f"# {report.title}", f"attempt {job.attempt}, due {job.scheduled_at:%Y-%m-%d %H:%M}"]
     lines += [f"row {i}: {i * i}" for i in range(report.rows)]
@@ -81,6 +98,47 @@ async def build_report(job: JobContext[Report]) -> None:
     tmp = target.with_suffix(".tmp")
     await tmp.write_text("\n".join(lines) + "\n")
     await tmp.rename(target)
+
+
+@sc.sidecar(handle="report_build", run_type=RunType.DEFERRED, concurrency=2, timeout=120)
+async def build_report(job: JobContext[Report]) -> None:
+    """Build a report. Durable: survives a crash or a deploy and runs exactly when due."""
+    await _write_report(job)
+
+
+@sc.sidecar(
+    handle="monthly_report",
+    run_type=RunType.DEFERRED,
+    schedule=Schedule(on_day_of_month=1, timezone="America/Denver", at=[At(3, 0)]),
+    payload=Report,
+)
+async def monthly_report(job: JobContext[Report]) -> None:
+    """Reports queued during a month all run on the 1st at 03:00 Denver time."""
+    await _write_report(job)
+
+
+def _append(path: Path, line: str) -> None:
+    # One short O_APPEND write per line: lines from several processes never interleave.
+    with path.open("a") as out:
+        out.write(line)
+
+
+@sc.sidecar(handle="heartbeat", run_type=RunType.STANDALONE, schedule=Schedule(every=HEARTBEAT))
+async def heartbeat(job: JobContext[None]) -> None:
+    """Once per instant across every process sharing the store."""
+    _append(DATA_DIR / "heartbeat.log", f"{job.scheduled_at.timestamp():.0f} {os.getpid()}\n")
+
+
+@sc.sidecar(
+    handle="replica_heartbeat",
+    run_type=RunType.STANDALONE,
+    schedule=Schedule(every=HEARTBEAT),
+    per_replica=True,
+)
+async def replica_heartbeat(job: JobContext[None]) -> None:
+    """Once per instant in each process."""
+    line = f"{job.scheduled_at.timestamp():.0f} {os.getpid()}\n"
+    _append(DATA_DIR / "replica_heartbeat.log", line)
 
 
 app = FastAPI(title="sidecars example", lifespan=sc.lifespan)
@@ -124,6 +182,14 @@ async def request_report(body: ReportRequest) -> dict[str, Any]:
     """Queue a report; the answer comes once the job is committed to the store."""
     ref = await build_report.enqueue(Report(title=body.title, rows=body.rows), delay=body.delay)
     return {"job_id": str(ref.id)}
+
+
+@app.post("/reports/monthly", status_code=202)
+async def request_monthly_report(body: Report) -> dict[str, Any]:
+    """Queue a report for the next monthly run (the 1st, 03:00 America/Denver)."""
+    ref = await monthly_report.enqueue(body)
+    info = await sc.get_job(ref.id)
+    return {"job_id": str(ref.id), "run_at": info.run_at.isoformat() if info else None}
 
 
 @app.get("/jobs/{job_id}")

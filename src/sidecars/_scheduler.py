@@ -117,6 +117,9 @@ class Scheduler:
         self._held_event = anyio.Event()
         self._scope = anyio.CancelScope()
         self._next_prune = 0.0
+        # Fires another runner holds: (handle, fire_at) -> when its lease runs out. Checked
+        # again then; if the holder died, the fire is claimed and run here.
+        self._watch: dict[tuple[str, int], tuple[_Entry, float]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -153,13 +156,15 @@ class Scheduler:
         with busy(clock):
             await self._initialise()
         while True:
-            pending = [e.next_fire for e in self.entries if e.next_fire is not None]
+            pending: list[float] = [e.next_fire for e in self.entries if e.next_fire is not None]
+            pending.extend(check for _, check in self._watch.values())
             if not pending:
                 log.info("sidecars: no schedule will fire again; the scheduler stops")
                 return
             await clock.sleep_until(min(pending))
             with busy(clock):
                 await self._tick()
+                await self._check_holders()
 
     async def _initialise(self) -> None:
         """Set each handle's cursor: its stored last fire, or now for a fresh start."""
@@ -177,8 +182,25 @@ class Scheduler:
                 entry.cursor = math.ceil(now - tolerance) - 1
             else:
                 entry.cursor = last
+                if last >= now - entry.sidecar.fires.misfire_grace:
+                    # The last fire may have died with its runner: look at it now.
+                    self._watch[(entry.sidecar.handle, last)] = (entry, now)
             entry.next_fire = entry.after(entry.cursor)
         await self._prune(now)
+
+    async def _check_holders(self) -> None:
+        """Claim fires whose holder's lease ran out (a dead runner): at-least-once."""
+        now = self.runner.clock.time()
+        due = [(key, entry) for key, (entry, check) in self._watch.items() if check <= now]
+        if not due:
+            return
+        requests = []
+        for key, entry in due:
+            del self._watch[key]
+            if key[1] >= now - entry.sidecar.fires.misfire_grace:
+                requests.append((entry, key[1]))
+        if requests:
+            await self._fire_many(requests)
 
     async def _tick(self) -> None:
         clock = self.runner.clock
@@ -311,7 +333,10 @@ class Scheduler:
             )
             for (i, _), claim in zip(store_requests, claims, strict=True):
                 entry = requests[i][0]
-                if claim.status is FireStatus.CLAIMED:
+                if claim.status is FireStatus.TAKEN and claim.lease_until is not None:
+                    # Running elsewhere: check back just after its lease would run out.
+                    self._watch[(claim.handle, claim.fire_at)] = (entry, claim.lease_until + 0.05)
+                elif claim.status is FireStatus.CLAIMED:
                     answers[i] = claim
                     self.held[(claim.handle, claim.fire_at)] = _HeldFire(claim)
                     self._held_event.set()

@@ -64,6 +64,7 @@ class TestClaim:
         assert answer.status is TAKEN
         assert answer.token is None
         assert answer.attempt == 0
+        assert answer.lease_until == NOW + LEASE  # when to check back for a dead holder
         with pytest.raises(ValueError, match="not claimed"):
             answer.lease()
 

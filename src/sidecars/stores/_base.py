@@ -153,7 +153,9 @@ class FireClaim:
         status: claimed, taken, or skipped.
         attempt: with ``CLAIMED``, the number of this claim (1 for the first).
         token: with ``CLAIMED``, the fencing token; else None.
-        lease_until: with ``CLAIMED``, when the lease expires unless renewed.
+        lease_until: with ``CLAIMED``, when the lease expires unless renewed; with
+            ``TAKEN`` of a fire another runner is running, when its lease expires (a caller
+            may ask again then, to re-run the fire of a holder that died); else None.
     """
 
     handle: str
@@ -296,4 +298,3 @@ class Notifying(Protocol):
         """Call ``wake(handle)`` whenever a job of one of ``handles`` may have become
         claimable, until cancelled. Raise to be restarted (with backoff) by the runner."""
         ...
-

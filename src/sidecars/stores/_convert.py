@@ -119,6 +119,10 @@ def decide_fire(
                 lease_until=None,
             )
             return lost, taken
+    elif row.state is FireState.RUNNING:
+        # Held under a live lease: say until when, so a caller can check back for a dead
+        # holder (the fire is then re-run: at-least-once).
+        return None, replace(taken, lease_until=row.lease_until)
     else:
         return None, taken
 
