@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -13,10 +14,12 @@ from uuid import UUID, uuid4
 from ._clock import Clock, SystemClock
 from ._memory import History, MemoryPool
 from ._records import JobInfo, JobRef, RunType
+from ._retry import RetryPolicy
 from ._runner import Runner
 from ._sidecar import _UNSET, Handler, Misfire, OnFull, Overlap, Sidecar
 from ._stats import HandleStats, Stats
 from ._trigger import Trigger
+from ._worker import JobEvent
 from .exceptions import (
     DuplicateHandle,
     InvalidDeclaration,
@@ -26,6 +29,8 @@ from .exceptions import (
 from .stores._base import NewJob, Store
 
 __all__ = ("Sidecars",)
+
+log = logging.getLogger("sidecars")
 
 P = TypeVar("P")
 
@@ -118,6 +123,8 @@ class Sidecars:
             )
         self.max_threads = max_threads
         self.sidecars: dict[str, Sidecar[Any]] = {}
+        self._hooks_start: list[Callable[[JobEvent], object]] = []
+        self._hooks_end: list[Callable[[JobEvent], object]] = []
         self._runner: Runner | None = None
         self._last_runner: Runner | None = None
         # Kept on the instance, not the runner, so a test can read its jobs after the run.
@@ -143,6 +150,7 @@ class Sidecars:
         misfire_grace: float | timedelta = ...,
         misfire_tolerance: float | timedelta = ...,
         misfire_cap: int = ...,
+        retry: RetryPolicy | None = ...,
     ) -> Callable[[Handler[Any]], Sidecar[P]]: ...
 
     @overload
@@ -162,6 +170,7 @@ class Sidecars:
         misfire_grace: float | timedelta = ...,
         misfire_tolerance: float | timedelta = ...,
         misfire_cap: int = ...,
+        retry: RetryPolicy | None = ...,
     ) -> Callable[[Handler[P]], Sidecar[P]]: ...
 
     def sidecar(
@@ -181,6 +190,7 @@ class Sidecars:
         misfire_grace: float | timedelta = _UNSET,
         misfire_tolerance: float | timedelta = _UNSET,
         misfire_cap: int = _UNSET,
+        retry: RetryPolicy | None = None,
     ) -> Callable[[Handler[Any]], Sidecar[Any]]:
         """Declare a sidecar; use as a decorator on its handler.
 
@@ -208,6 +218,9 @@ class Sidecars:
             misfire_tolerance: STANDALONE: how late a fire may be noticed and still count
                 as on time (default 1 s).
             misfire_cap: STANDALONE: the most fires ``"all"`` replays (default 100).
+            retry: how failed runs are retried (a :class:`RetryPolicy`). Default: DEFERRED
+                5 attempts, 1 s doubling to 10 min with full jitter; MEMORY one attempt.
+                STANDALONE fires are not retried: a failed fire waits for the next one.
 
         Raises:
             DuplicateHandle: the handle is already declared (both places are named).
@@ -244,6 +257,7 @@ class Sidecars:
                 misfire_grace=misfire_grace,
                 misfire_tolerance=misfire_tolerance,
                 misfire_cap=misfire_cap,
+                retry=retry,
             )
             if made.run_type is RunType.STANDALONE and not made.fires.per_replica:
                 needed = made.fires.misfire_grace + self.lease
@@ -257,6 +271,28 @@ class Sidecars:
             return made
 
         return decorate
+
+    # -- events ----------------------------------------------------------------------------
+
+    def on_job_start(self, hook: Callable[[JobEvent], object]) -> Callable[[JobEvent], object]:
+        """Register a function called (synchronously) as each run starts; a decorator.
+
+        For metrics: keep it quick. An error it raises is logged and ignored.
+        """
+        self._hooks_start.append(hook)
+        return hook
+
+    def on_job_end(self, hook: Callable[[JobEvent], object]) -> Callable[[JobEvent], object]:
+        """Register a function called as each run ends, with its outcome and duration."""
+        self._hooks_end.append(hook)
+        return hook
+
+    def _emit(self, hooks: list[Callable[[JobEvent], object]], event: JobEvent) -> None:
+        for hook in hooks:
+            try:
+                hook(event)
+            except Exception:  # noqa: PERF203 - one hook's failure must not skip the rest
+                log.exception("sidecars: event hook %r failed", hook)
 
     # -- running ---------------------------------------------------------------------------
 
@@ -431,7 +467,8 @@ class Sidecars:
                 return None
         record = self.history.get(job_id)
         if record is not None:
-            return record.info()
+            sidecar = self.sidecars.get(record.handle)
+            return record.info(sidecar.retry.max_attempts if sidecar is not None else 1)
         if self._store_open or any(
             s.run_type is not RunType.MEMORY for s in self.sidecars.values()
         ):

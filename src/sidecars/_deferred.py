@@ -19,8 +19,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ._clock import busy
 from ._crash import CrashPoints
 from ._records import JobState, Outcome
-from ._retry import backoff_delay
-from ._worker import execute
+from ._worker import RunResult, execute
 from .exceptions import PayloadError
 from .stores._base import ClaimedJob, Finish, Lease, Notifying, Store
 
@@ -99,6 +98,7 @@ class DeferredConsumer:
         self._wake = anyio.Event()
         self._stopping = False
         self._claim_scope = anyio.CancelScope()
+        self._watch_scope = anyio.CancelScope()
         self._workers = 0
         self.idle = anyio.Event()
         self._batch: _FinishBatch | None = None
@@ -132,6 +132,7 @@ class DeferredConsumer:
         """Shutdown, first step: claim nothing more; give back jobs not yet started."""
         self._stopping = True
         self._claim_scope.cancel()
+        self._watch_scope.cancel()
         unstarted: list[Lease] = []
         for pool in self.pools.values():
             while True:
@@ -172,7 +173,7 @@ class DeferredConsumer:
     # -- claiming ----------------------------------------------------------------------
 
     async def _watch_supervised(self, watch: Any) -> None:
-        with self._claim_scope:
+        with self._watch_scope:
             await self.runner.supervise("store watch", watch)
 
     async def _claim_loop_supervised(self) -> None:
@@ -333,7 +334,8 @@ class DeferredConsumer:
                 if held.lost:
                     scope.cancel()
                 try:
-                    outcome, error = await self._execute(sidecar, payload, job)
+                    result = await self._execute(sidecar, payload, job)
+                    await result.release_slot()
                 except anyio.get_cancelled_exc_class():
                     # Shutdown ran out of grace; the lease is given back after the task
                     # group has stopped (release_held), without counting the attempt.
@@ -350,28 +352,30 @@ class DeferredConsumer:
                 self.held.pop(job.id, None)
                 return
             self.crash.reached("before_complete")
+            outcome, error = result.outcome, result.error
             counters.count(outcome)
             now = runner.clock.time()
+            policy = sidecar.retry
             if outcome is Outcome.OK:
-                result = Finish(
+                finish = Finish(
                     id=job.id,
                     token=job.token,
                     state=JobState.SUCCEEDED,
                     outcome=outcome,
                     finished_at=now,
                 )
-            elif job.attempt < job.max_attempts:
-                result = Finish(
+            elif job.attempt < job.max_attempts and policy.retries(result.exception):
+                finish = Finish(
                     id=job.id,
                     token=job.token,
                     state=JobState.QUEUED,
                     outcome=outcome,
                     finished_at=now,
                     error=error,
-                    retry_at=now + backoff_delay(job.attempt),
+                    retry_at=now + policy.delay(job.attempt),
                 )
             else:
-                result = Finish(
+                finish = Finish(
                     id=job.id,
                     token=job.token,
                     state=JobState.FAILED,
@@ -379,13 +383,11 @@ class DeferredConsumer:
                     finished_at=now,
                     error=error,
                 )
-            await self._finish_one(held, result)
+            await self._finish_one(held, finish)
         finally:
             counters.running -= 1
 
-    async def _execute(
-        self, sidecar: Sidecar[Any], payload: Any, job: ClaimedJob
-    ) -> tuple[Outcome, str | None]:
+    async def _execute(self, sidecar: Sidecar[Any], payload: Any, job: ClaimedJob) -> RunResult:
         if not self.crash.armed:
             return await execute(
                 self.runner,
@@ -395,7 +397,7 @@ class DeferredConsumer:
                 attempt=job.attempt,
                 scheduled_at=job.run_at,
             )
-        result: list[tuple[Outcome, str | None]] = []
+        result: list[RunResult] = []
         async with anyio.create_task_group() as tg:
 
             async def run() -> None:

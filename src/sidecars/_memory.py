@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ class MemoryRecord:
     """The mutable record of one memory job; a frozen :class:`JobInfo` is made on demand."""
 
     __slots__ = (
+        "attempts",
         "created_at",
         "error",
         "finished_at",
@@ -50,12 +52,13 @@ class MemoryRecord:
         self.payload_json = payload_json
         self.created_at = now
         self.state = JobState.QUEUED
+        self.attempts = 0
         self.outcome: Outcome | None = None
         self.started_at: float | None = None
         self.finished_at: float | None = None
         self.error: str | None = None
 
-    def info(self) -> JobInfo:
+    def info(self, max_attempts: int = 1) -> JobInfo:
         import json
 
         created = datetime.fromtimestamp(self.created_at, timezone.utc)
@@ -65,8 +68,8 @@ class MemoryRecord:
             run_type=RunType.MEMORY,
             state=self.state,
             outcome=self.outcome,
-            attempts=0 if self.started_at is None else 1,
-            max_attempts=1,
+            attempts=self.attempts,
+            max_attempts=max_attempts,
             payload=json.loads(self.payload_json),
             created_at=created,
             run_at=created,
@@ -179,6 +182,28 @@ class MemoryPool:
             dropped += 1
         return dropped
 
+    async def _retry(self, item: _Item, delay: float) -> None:
+        clock = self.runner.clock
+        try:
+            await clock.sleep_until(clock.time() + delay)
+        except anyio.get_cancelled_exc_class():
+            self._drop(item)  # shutdown while the retry waited
+            raise
+        try:
+            self._send.send_nowait(item)
+        except anyio.WouldBlock:
+            try:
+                await self._send.send(item)
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                self._drop(item)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self._drop(item)
+
+    def _drop(self, item: _Item) -> None:
+        item.record.state = JobState.CANCELLED
+        item.record.outcome = Outcome.SHUTDOWN
+        self.runner.stats_for(self.handle).dropped += 1
+
     async def _worker(self) -> None:
         receive = self._receive
         sidecar = self.sidecar
@@ -201,15 +226,17 @@ class MemoryPool:
                 record.started_at = runner.clock.time()
                 self.running += 1
                 stats.running += 1
+                record.attempts += 1
                 try:
-                    outcome, error = await execute(
+                    result = await execute(
                         runner,
                         sidecar,
                         payload=item.payload,
                         job_id=record.id,
-                        attempt=1,
+                        attempt=record.attempts,
                         scheduled_at=record.created_at,
                     )
+                    await result.release_slot()
                 except anyio.get_cancelled_exc_class():
                     # Shutdown ran out of grace: the job is dropped, and says so.
                     record.state = JobState.CANCELLED
@@ -220,10 +247,23 @@ class MemoryPool:
                     self.running -= 1
                     stats.running -= 1
                     record.finished_at = runner.clock.time()
+                outcome = result.outcome
                 record.outcome = outcome
-                record.error = error
-                record.state = JobState.SUCCEEDED if outcome is Outcome.OK else JobState.FAILED
+                record.error = result.error
                 stats.count(outcome)
+                policy = sidecar.retry
+                if (
+                    outcome is not Outcome.OK
+                    and record.attempts < policy.max_attempts
+                    and policy.retries(result.exception)
+                ):
+                    # The retry waits outside the worker: the slot is free meanwhile.
+                    record.state = JobState.QUEUED
+                    runner.background(
+                        functools.partial(self._retry, item, policy.delay(record.attempts))
+                    )
+                else:
+                    record.state = JobState.SUCCEEDED if outcome is Outcome.OK else JobState.FAILED
         finally:
             self._workers -= 1
             if self._workers == 0:

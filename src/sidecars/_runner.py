@@ -8,9 +8,10 @@ what was dropped.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 import anyio
 import anyio.abc
@@ -50,6 +51,13 @@ class Runner:
         # shared with Starlette's sync endpoints, and jobs must not starve requests.
         self.thread_limiter = anyio.CapacityLimiter(app.max_threads)
         self._loggers: dict[str, logging.Logger] = {}
+        self.stuck_threads: set[UUID] = set()
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    def background(self, func: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Start a task in the runner's task group (it is cancelled at shutdown)."""
+        assert self._tg is not None
+        self._tg.start_soon(func)
 
     def stats_for(self, handle: str) -> Counters:
         return self.counters[handle]
@@ -77,7 +85,12 @@ class Runner:
                 dropped=c.dropped,
                 skipped=c.skipped,
             )
-        return Stats(running=self.accepting, handles=handles, loop_restarts=self.loop_restarts)
+        return Stats(
+            running=self.accepting,
+            handles=handles,
+            loop_restarts=self.loop_restarts,
+            stuck_threads=len(self.stuck_threads),
+        )
 
     async def supervise(
         self, name: str, loop: Callable[[], Awaitable[None]], *, max_backoff: float = 30.0
@@ -132,6 +145,7 @@ class Runner:
             )
         try:
             async with anyio.create_task_group() as tg:
+                self._tg = tg
                 for handle, sidecar in app.sidecars.items():
                     if sidecar.run_type is RunType.MEMORY:
                         pool = MemoryPool(self, sidecar)

@@ -20,8 +20,7 @@ import anyio.abc
 
 from ._clock import busy
 from ._crash import CrashPoints
-from ._records import Outcome
-from ._worker import execute
+from ._worker import RunResult, execute
 from .stores._base import FireClaim, FireRequest, FireStatus, Store
 
 if TYPE_CHECKING:
@@ -382,7 +381,8 @@ class Scheduler:
                     if held.lost:
                         scope.cancel()
                 try:
-                    outcome, error = await self._execute(sidecar, fire_at, claim)
+                    result = await self._execute(sidecar, fire_at, claim)
+                    await result.release_slot()
                 except anyio.get_cancelled_exc_class():
                     counters.dropped += 1
                     raise
@@ -395,6 +395,7 @@ class Scheduler:
                 counters.failed += 1
                 self.held.pop((handle, fire_at), None)
                 return
+            outcome, error = result.outcome, result.error
             counters.count(outcome)
             if held is not None and self.store is not None:
                 with anyio.CancelScope(shield=True):
@@ -423,9 +424,7 @@ class Scheduler:
             if self._running == 0:
                 self.idle.set()
 
-    async def _execute(
-        self, sidecar: Sidecar[Any], fire_at: int, claim: FireClaim
-    ) -> tuple[Outcome, str | None]:
+    async def _execute(self, sidecar: Sidecar[Any], fire_at: int, claim: FireClaim) -> RunResult:
         kwargs: dict[str, Any] = {
             "payload": None,
             "job_id": fire_job_id(sidecar.handle, fire_at),
@@ -434,7 +433,7 @@ class Scheduler:
         }
         if not self.crash.armed:
             return await execute(self.runner, sidecar, **kwargs)
-        result: list[tuple[Outcome, str | None]] = []
+        result: list[RunResult] = []
         async with anyio.create_task_group() as tg:
 
             async def run() -> None:

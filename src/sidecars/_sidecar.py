@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, get_args, get_
 
 from ._payloads import PayloadCodec
 from ._records import JobContext, JobRef, RunType
+from ._retry import RetryPolicy
 from ._trigger import Trigger
 from .exceptions import InvalidDeclaration
 
@@ -138,6 +139,7 @@ class Sidecar(Generic[P]):
         "handle",
         "handler",
         "is_async",
+        "retry",
         "run_type",
         "schedule",
         "settings",
@@ -163,6 +165,7 @@ class Sidecar(Generic[P]):
         misfire_grace: float | timedelta = _UNSET,
         misfire_tolerance: float | timedelta = _UNSET,
         misfire_cap: int = _UNSET,
+        retry: RetryPolicy | None = None,
     ) -> None:
         if not isinstance(handle, str) or not _HANDLE_RE.fullmatch(handle):
             raise InvalidDeclaration(
@@ -237,12 +240,24 @@ class Sidecar(Generic[P]):
             misfire_tolerance=misfire_tolerance,
             misfire_cap=misfire_cap,
         )
+        if retry is None:
+            retry = RetryPolicy(max_attempts=_DEFAULT_MAX_ATTEMPTS[run_type])
+        elif not isinstance(retry, RetryPolicy):
+            raise InvalidDeclaration(
+                f"sidecar {handle!r}: field 'retry': expected a RetryPolicy, got {retry!r}"
+            )
+        elif run_type is RunType.STANDALONE and retry.max_attempts > 1:
+            raise InvalidDeclaration(
+                f"sidecar {handle!r}: field 'retry': STANDALONE fires are not retried (a "
+                "failed fire waits for the next one)"
+            )
+        self.retry = retry
         self.settings = _Settings(
             concurrency=_positive_int(handle, "concurrency", concurrency),
             timeout=_seconds(handle, "timeout", timeout),
             max_pending=_positive_int(handle, "max_pending", max_pending),
             on_full=on_full,
-            max_attempts=_DEFAULT_MAX_ATTEMPTS[run_type],
+            max_attempts=retry.max_attempts,
         )
 
     @property

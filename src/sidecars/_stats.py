@@ -70,8 +70,10 @@ class Stats:
         running: whether the runner is running (and not shutting down).
         handles: per-handle counts.
         loop_restarts: how often a supervised background loop failed and was restarted.
+        stuck_threads: sync handlers past their timeout whose threads have not returned.
     """
 
     running: bool
     handles: Mapping[str, HandleStats] = field(default_factory=dict)
     loop_restarts: int = 0
+    stuck_threads: int = 0

@@ -1,11 +1,15 @@
-"""Cron expressions (5, 6 or 7 fields, macros, L/W/#) compiled to a :class:`CalendarSpec`."""
+"""Cron expressions (5, 6 or 7 fields, macros, L/W/#) compiled to a :class:`CalendarSpec`.
+
+Each field is read in one pass straight into a bitmask (bit ``v`` set when value ``v`` is
+allowed); the usual forms (``*``, ``n``, ``*/s``) take a shortcut.
+"""
 
 from __future__ import annotations
 
 import re
 
 from ..exceptions import InvalidSchedule
-from ._spec import MAX_YEAR, MIN_YEAR, CalendarSpec
+from ._spec import ALL_DOM, ALL_DOW, EMPTY_NTH, MAX_YEAR, MIN_YEAR, CalendarSpec, bits
 
 __all__ = ("MACROS", "MONTH_NAMES", "WEEKDAY_NAMES", "parse_cron")
 
@@ -39,6 +43,8 @@ _LAST_DOW = re.compile(r"(\w+)L")
 _NEAREST = re.compile(r"(\d+)W")
 _FROM_END = re.compile(r"L-(\d+)")
 
+_SUNDAY_7 = 1 << 7
+
 
 class _FieldError(Exception):
     """A problem in one field; :func:`parse_cron` adds the expression and field name."""
@@ -46,8 +52,10 @@ class _FieldError(Exception):
 
 def _number(token: str, fld: _Field) -> int:
     _name, low, high, names = fld
-    if names is not None and token.upper() in names:
-        return names[token.upper()]
+    if names is not None:
+        value = names.get(token.upper())
+        if value is not None:
+            return value
     if not token.isdigit():
         raise _FieldError(f"unknown value {token!r}")
     value = int(token)
@@ -56,7 +64,15 @@ def _number(token: str, fld: _Field) -> int:
     return value
 
 
-def _values(part: str, fld: _Field) -> range:
+def _progression(start: int, stop: int, step: int) -> int:
+    """Mask of ``range(start, stop + 1, step)`` (``start <= stop``), without a loop."""
+    if step == 1:
+        return (1 << (stop + 1)) - (1 << start)
+    count = (stop - start) // step + 1
+    return ((1 << (count * step)) - 1) // ((1 << step) - 1) << start
+
+
+def _values(part: str, fld: _Field) -> int:
     """One list member without L/W/#: ``*``, ``n``, ``a-b``, each optionally ``/step``."""
     _, low, high, _names = fld
     base, slash, step_text = part.partition("/")
@@ -82,78 +98,81 @@ def _values(part: str, fld: _Field) -> range:
     else:
         start = _number(base, fld)
         # "10/5" means 10, 15, ... up to the field's maximum, as in Quartz and cronie.
-        stop = high if slash else start
-    return range(start, stop + 1, step)
+        if not slash:
+            return 1 << start
+        stop = high
+    return _progression(start, stop, step)
 
 
-_FULL = {f[0]: tuple(range(f[1], f[2] + 1)) for f in (_SECOND, _MINUTE, _HOUR, _MONTH, _YEAR)}
-
-
-def _sorted(text: str, fld: _Field) -> tuple[int, ...]:
-    """Sorted values of a simple field, with shortcuts for the usual ``*`` and ``n``."""
+def _simple(text: str, fld: _Field) -> int:
+    """Mask of a field without L/W/#, with shortcuts for the usual ``*`` and ``n``."""
     if text == "*":
-        return _FULL[fld[0]]
+        return _progression(fld[1], fld[2], 1)
     if text.isdigit():
-        return (_number(text, fld),)
-    return tuple(sorted(_simple(text, fld)))
-
-
-def _simple(text: str, fld: _Field) -> set[int]:
-    out: set[int] = set()
+        return 1 << _number(text, fld)
+    if "," not in text:
+        if not text:
+            raise _FieldError(f"empty list member in {text!r}")
+        return _values(text, fld)
+    mask = 0
     for part in text.split(","):
         if not part:
             raise _FieldError(f"empty list member in {text!r}")
-        out.update(_values(part, fld))
-    return out
+        mask |= _values(part, fld)
+    return mask
 
 
-_ALL_DAYS = frozenset(range(1, 32))
-_ALL_WEEKDAYS = frozenset(range(7))
-
-
-def _parse_dom(text: str) -> tuple[frozenset[int], set[int], bool, set[int]]:
+def _parse_dom(text: str) -> tuple[int, int, bool, int]:
+    """(plain days, days from the end, ``LW``, ``nW`` days) as masks."""
     if text == "*":
-        return _ALL_DAYS, set(), False, set()
-    if text.isdigit():
-        return frozenset((_number(text, _DOM),)), set(), False, set()
-    days: set[int] = set()
-    from_end: set[int] = set()
-    nearest: set[int] = set()
+        return ALL_DOM, 0, False, 0
+    upper = text.upper()
+    if "L" not in upper and "W" not in upper:
+        return _simple(text, _DOM), 0, False, 0
+    if upper == "L":
+        return 0, 1, False, 0
+    days = from_end = nearest = 0
     last_weekday = False
-    for part in text.split(","):
-        upper = part.upper()
-        if "L" not in upper and "W" not in upper:
+    for part in upper.split(","):
+        if "L" not in part and "W" not in part:
             if not part:
                 raise _FieldError(f"empty list member in {text!r}")
-            days.update(_values(part, _DOM))
-        elif upper == "L":
-            from_end.add(0)
-        elif upper == "LW":
+            days |= _values(part, _DOM)
+        elif part == "L":
+            from_end |= 1
+        elif part == "LW":
             last_weekday = True
-        elif m := _FROM_END.fullmatch(upper):
+        elif m := _FROM_END.fullmatch(part):
             n = int(m.group(1))
             if not 1 <= n <= 30:
                 raise _FieldError(f"offset {n} in {part!r} is out of range 1-30")
-            from_end.add(n)
-        elif m := _NEAREST.fullmatch(upper):
-            nearest.add(_number(m.group(1), _DOM))
-        elif not part:
-            raise _FieldError(f"empty list member in {text!r}")
+            from_end |= 1 << n
+        elif m := _NEAREST.fullmatch(part):
+            nearest |= 1 << _number(m.group(1), _DOM)
         else:
-            days.update(_values(part, _DOM))
-    return frozenset(days), from_end, last_weekday, nearest
+            days |= _values(part, _DOM)
+    return days, from_end, last_weekday, nearest
 
 
-def _parse_dow(text: str) -> tuple[frozenset[int], set[tuple[int, int]]]:
+def _weekdays(mask: int) -> int:
+    """Fold 7 (the second Sunday) onto 0."""
+    if mask & _SUNDAY_7:
+        return (mask ^ _SUNDAY_7) | 1
+    return mask
+
+
+def _parse_dow(text: str) -> tuple[int, frozenset[tuple[int, int]]]:
     if text == "*":
-        return _ALL_WEEKDAYS, set()
-    days: set[int] = set()
+        return ALL_DOW, EMPTY_NTH
+    if "#" not in text and "L" not in text.upper():
+        return _weekdays(_simple(text, _DOW)), EMPTY_NTH
+    days = 0
     nth: set[tuple[int, int]] = set()
     for part in text.split(","):
         if "#" not in part and not part.upper().endswith("L"):
             if not part:
                 raise _FieldError(f"empty list member in {text!r}")
-            days.update(v % 7 for v in _values(part, _DOW))
+            days |= _weekdays(_values(part, _DOW))
         elif m := _NTH.fullmatch(part):
             wd = _number(m.group(1), _DOW) % 7
             n = int(m.group(2))
@@ -164,69 +183,76 @@ def _parse_dow(text: str) -> tuple[frozenset[int], set[tuple[int, int]]]:
             raise _FieldError("'L' alone is ambiguous here; write e.g. '5L' for the last Friday")
         elif m := _LAST_DOW.fullmatch(part.upper()):
             nth.add((_number(m.group(1), _DOW) % 7, -1))
-        elif not part:
-            raise _FieldError(f"empty list member in {text!r}")
         else:
-            days.update(v % 7 for v in _values(part, _DOW))
-    return frozenset(days), nth
+            days |= _weekdays(_values(part, _DOW))
+    return days, frozenset(nth)
 
 
 def parse_cron(expression: str) -> CalendarSpec:
     """Compile a cron expression; raise :class:`InvalidSchedule` naming the field and value."""
-    text = expression.strip()
-    if text.startswith("@"):
-        macro = MACROS.get(text.lower())
+    fields = expression.split()
+    if len(fields) == 5:
+        sec = "0"
+        minute, hour, dom, month, dow = fields
+        year = "*"
+    elif len(fields) == 1 and fields[0].startswith("@"):
+        macro = MACROS.get(fields[0].lower())
         if macro is None:
             known = ", ".join(MACROS)
             raise InvalidSchedule(
                 f"invalid cron expression {expression!r}: unknown macro (known: {known})"
             )
-        text = macro
-    fields = text.split()
-    if len(fields) == 5:
-        fields = ["0", *fields, "*"]
+        sec = "0"
+        minute, hour, dom, month, dow = macro.split()
+        year = "*"
     elif len(fields) == 6:
-        fields = [*fields, "*"]
-    elif len(fields) != 7:
+        sec, minute, hour, dom, month, dow = fields
+        year = "*"
+    elif len(fields) == 7:
+        sec, minute, hour, dom, month, dow, year = fields
+    else:
         raise InvalidSchedule(
             f"invalid cron expression {expression!r}: expected 5, 6 or 7 fields, got {len(fields)}"
         )
-    sec, minute, hour, dom, month, dow, year = fields
     current = "second"
     try:
-        current = "second"
-        seconds = _sorted(sec, _SECOND)
+        seconds = 1 if sec == "0" else _simple(sec, _SECOND)
         current = "minute"
-        minutes = _sorted(minute, _MINUTE)
+        minutes = _simple(minute, _MINUTE)
         current = "hour"
-        hours = _sorted(hour, _HOUR)
+        hours = _simple(hour, _HOUR)
         current = "day-of-month"
         dom_days, from_end, last_weekday, nearest = _parse_dom("*" if dom == "?" else dom)
         current = "month"
-        months = _sorted(month, _MONTH)
+        months = _simple(month, _MONTH)
         current = "day-of-week"
         dow_days, nth = _parse_dow("*" if dow == "?" else dow)
         current = "year"
-        years = None if year == "*" else _sorted(year, _YEAR)
+        years = None if year == "*" else tuple(v + MIN_YEAR for v in bits(_years(year)))
     except _FieldError as exc:
         raise InvalidSchedule(
             f"invalid cron expression {expression!r}: {current} field: {exc}"
         ) from None
     return CalendarSpec(
-        seconds=seconds,
-        minutes=minutes,
-        hours=hours,
-        months=months,
-        years=years,
-        dom_days=dom_days,
-        dom_from_end=frozenset(from_end),
-        dom_last_weekday=last_weekday,
-        dom_nearest=frozenset(nearest),
-        dow_days=dow_days,
-        dow_nth=frozenset(nth),
+        seconds,
+        minutes,
+        hours,
+        months,
+        years,
+        dom_days,
+        from_end,
+        last_weekday,
+        nearest,
+        dow_days,
+        nth,
         # Vixie cron and cronie: a '*'-led day field (or '?') means "both must match".
-        day_and=dom.startswith("*") or dom == "?" or dow.startswith("*") or dow == "?",
+        dom[0] == "*" or dom == "?" or dow[0] == "*" or dow == "?",
         # cronie: a job whose minute or hour starts with '*' runs by the clock across DST;
         # any other is a time of day. Seconds only subdivide a minute, so they do not count.
-        fixed=not (minute.startswith("*") or hour.startswith("*")),
+        not (minute[0] == "*" or hour[0] == "*"),
     )
+
+
+def _years(text: str) -> int:
+    """Mask of the year field, bit ``y - MIN_YEAR`` for year ``y``."""
+    return _simple(text, _YEAR) >> MIN_YEAR

@@ -1,23 +1,27 @@
 """The compiled form every calendar schedule is reduced to, and its day arithmetic.
 
-Cron expressions and the declarative form both compile to a :class:`CalendarSpec`: sorted
-tuples of allowed seconds, minutes, hours, months and years, plus a day rule. Which days of
-a month match depends only on the month's length and the weekday of its 1st, so day sets are
-computed once per such "shape" (at most 28 of them) and cached.
+Cron expressions and the declarative form both compile to a :class:`CalendarSpec`: bitmasks
+of allowed seconds, minutes, hours, months, days of the month and weekdays (bit ``v`` set
+when value ``v`` is allowed), sorted years, and a day rule. Which days of a month match
+depends only on the month's length and the weekday of its 1st, so the day mask of each such
+"shape" (at most 28 of them) is computed the first time it is needed and cached.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 __all__ = (
+    "ALL_DOM",
+    "ALL_DOW",
+    "EMPTY_NTH",
     "MAX_YEAR",
     "MIN_YEAR",
     "CalendarSpec",
+    "bits",
     "can_fire",
     "days_in_month",
     "fires_every_month",
     "is_leap",
+    "mask_of",
     "ordinal",
     "weekday_of_first",
 )
@@ -26,6 +30,15 @@ MIN_YEAR = 1970
 MAX_YEAR = 2199
 
 _MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+ALL_DOM = (1 << 32) - 2  # days 1-31
+ALL_DOW = (1 << 7) - 1  # weekdays 0-6
+EMPTY_NTH: frozenset[tuple[int, int]] = frozenset()
+# FULL[n]: days 1..n of a month of n days.
+_FULL = tuple((1 << (n + 1)) - 2 for n in range(32))
+# A 7-bit weekday mask repeated six times; shifted by the weekday of the 1st it gives the
+# days of a month that fall on those weekdays (see CalendarSpec._compute).
+_REP7 = sum(1 << (7 * k) for k in range(6))
 
 
 def is_leap(year: int) -> bool:
@@ -62,113 +75,277 @@ def weekday_of_first(year: int, month: int) -> int:
     return ordinal(year, month, 1) % 7
 
 
-@dataclass(frozen=True, slots=True)
+def bits(mask: int) -> tuple[int, ...]:
+    """The set bits of ``mask``, ascending."""
+    out: list[int] = []
+    while mask:
+        low = mask & -mask
+        out.append(low.bit_length() - 1)
+        mask ^= low
+    return tuple(out)
+
+
+def mask_of(values: object) -> int:
+    """The bitmask of an iterable of small non-negative ints."""
+    mask = 0
+    for v in values:  # type: ignore[attr-defined]
+        mask |= 1 << v
+    return mask
+
+
 class CalendarSpec:
     """Which local wall-clock times match; the evaluator turns them into instants.
 
+    Treat instances as immutable values (they compare and hash by their fields); only the
+    cache of day masks per month shape fills in as it is used.
+
     Attributes:
-        seconds, minutes, hours, months: sorted allowed values.
+        second_mask, minute_mask, hour_mask, month_mask: allowed values as bitmasks.
         years: sorted allowed years, or ``None`` for every year.
-        dom_days: plain days of the month (1-31).
-        dom_from_end: days counted back from the last (0 is the last day, 3 is ``L-3``).
+        dom_mask: plain days of the month (bits 1-31).
+        dom_from_end_mask: days counted back from the last (bit 0 is the last day, bit 3
+            is ``L-3``).
         dom_last_weekday: ``LW``, the last Monday-Friday of the month.
-        dom_nearest: ``nW`` days, each moved to the nearest weekday inside the month.
-        dow_days: weekdays, cron numbering (0 = Sunday).
+        dom_nearest_mask: ``nW`` days, each moved to the nearest weekday inside the month.
+        dow_mask: weekdays, cron numbering (bit 0 = Sunday).
         dow_nth: ``(weekday, n)`` for the n-th weekday of the month, ``n == -1`` for the last.
         day_and: both day rules must hold (cron: one of the two fields starts with ``*``);
             otherwise a day matching either rule matches.
-        times: explicit sorted seconds of the day (declarative ``at=``), used instead of the
-            product of hours, minutes and seconds when set.
         fixed: local times are fixed times of day (DST: a gap fires once after it, a repeated
             time fires once); otherwise a wildcard pattern that fires at every real instant
             whose wall clock matches.
+        times: explicit sorted seconds of the day (declarative ``at=``), used instead of the
+            product of hours, minutes and seconds when set.
+
+    ``seconds``, ``minutes``, ``hours``, ``months`` (sorted tuples) and ``dom_days``,
+    ``dom_from_end``, ``dom_nearest``, ``dow_days`` (frozensets) give the same sets as
+    values.
     """
 
-    seconds: tuple[int, ...]
-    minutes: tuple[int, ...]
-    hours: tuple[int, ...]
-    months: tuple[int, ...]
-    years: tuple[int, ...] | None
-    dom_days: frozenset[int]
-    dom_from_end: frozenset[int]
-    dom_last_weekday: bool
-    dom_nearest: frozenset[int]
-    dow_days: frozenset[int]
-    dow_nth: frozenset[tuple[int, int]]
-    day_and: bool
-    fixed: bool
-    times: tuple[int, ...] | None = None
-    _shapes: dict[tuple[int, int], tuple[int, ...]] = field(
-        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    __slots__ = (
+        "_hash",
+        "_shapes",
+        "day_and",
+        "dom_from_end_mask",
+        "dom_last_weekday",
+        "dom_mask",
+        "dom_nearest_mask",
+        "dow_mask",
+        "dow_nth",
+        "fixed",
+        "hour_mask",
+        "minute_mask",
+        "month_mask",
+        "second_mask",
+        "times",
+        "years",
     )
 
-    def days(self, ndays: int, wd1: int) -> tuple[int, ...]:
-        """Matching days of a month of ``ndays`` days whose 1st falls on cron weekday ``wd1``."""
-        key = (ndays, wd1)
+    def __init__(
+        self,
+        second_mask: int,
+        minute_mask: int,
+        hour_mask: int,
+        month_mask: int,
+        years: tuple[int, ...] | None,
+        dom_mask: int,
+        dom_from_end_mask: int,
+        dom_last_weekday: bool,
+        dom_nearest_mask: int,
+        dow_mask: int,
+        dow_nth: frozenset[tuple[int, int]],
+        day_and: bool,
+        fixed: bool,
+        times: tuple[int, ...] | None = None,
+    ) -> None:
+        self.second_mask = second_mask
+        self.minute_mask = minute_mask
+        self.hour_mask = hour_mask
+        self.month_mask = month_mask
+        self.years = years
+        self.dom_mask = dom_mask
+        self.dom_from_end_mask = dom_from_end_mask
+        self.dom_last_weekday = dom_last_weekday
+        self.dom_nearest_mask = dom_nearest_mask
+        self.dow_mask = dow_mask
+        self.dow_nth = dow_nth
+        self.day_and = day_and
+        self.fixed = fixed
+        self.times = times
+        self._shapes: dict[int, int] = {}
+        self._hash: int | None = None
+
+    # -- value semantics ------------------------------------------------------------------
+
+    def _fields(self) -> tuple[object, ...]:
+        return (
+            self.second_mask,
+            self.minute_mask,
+            self.hour_mask,
+            self.month_mask,
+            self.years,
+            self.dom_mask,
+            self.dom_from_end_mask,
+            self.dom_last_weekday,
+            self.dom_nearest_mask,
+            self.dow_mask,
+            self.dow_nth,
+            self.day_and,
+            self.fixed,
+            self.times,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CalendarSpec):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        h = self._hash
+        if h is None:
+            h = self._hash = hash(self._fields())
+        return h
+
+    def __repr__(self) -> str:
+        return (
+            f"CalendarSpec(seconds={self.seconds}, minutes={self.minutes}, hours={self.hours}, "
+            f"months={self.months}, years={self.years}, dom_days={sorted(self.dom_days)}, "
+            f"dom_from_end={sorted(self.dom_from_end)}, "
+            f"dom_last_weekday={self.dom_last_weekday}, "
+            f"dom_nearest={sorted(self.dom_nearest)}, dow_days={sorted(self.dow_days)}, "
+            f"dow_nth={sorted(self.dow_nth)}, day_and={self.day_and}, fixed={self.fixed}, "
+            f"times={self.times})"
+        )
+
+    # -- the sets as values ---------------------------------------------------------------
+
+    @property
+    def seconds(self) -> tuple[int, ...]:
+        return bits(self.second_mask)
+
+    @property
+    def minutes(self) -> tuple[int, ...]:
+        return bits(self.minute_mask)
+
+    @property
+    def hours(self) -> tuple[int, ...]:
+        return bits(self.hour_mask)
+
+    @property
+    def months(self) -> tuple[int, ...]:
+        return bits(self.month_mask)
+
+    @property
+    def dom_days(self) -> frozenset[int]:
+        return frozenset(bits(self.dom_mask))
+
+    @property
+    def dom_from_end(self) -> frozenset[int]:
+        return frozenset(bits(self.dom_from_end_mask))
+
+    @property
+    def dom_nearest(self) -> frozenset[int]:
+        return frozenset(bits(self.dom_nearest_mask))
+
+    @property
+    def dow_days(self) -> frozenset[int]:
+        return frozenset(bits(self.dow_mask))
+
+    # -- days -----------------------------------------------------------------------------
+
+    def days(self, ndays: int, wd1: int) -> int:
+        """Day mask (bits 1..ndays) of a month of ``ndays`` days whose 1st is weekday ``wd1``."""
+        key = ndays * 8 + wd1
         cached = self._shapes.get(key)
         if cached is None:
-            cached = self._shapes[key] = self._compute_days(ndays, wd1)
+            cached = self._shapes[key] = self._compute(ndays, wd1)
         return cached
 
-    def _compute_days(self, ndays: int, wd1: int) -> tuple[int, ...]:
-        def weekday(day: int) -> int:
-            return (wd1 + day - 1) % 7
-
-        # None stands for "every day of the month", the common case, kept cheap.
-        dom: set[int] | None = None
-        if len(self.dom_days) < 31:
-            dom = {d for d in self.dom_days if d <= ndays}
-            dom.update(ndays - n for n in self.dom_from_end if ndays - n >= 1)
+    def _compute(self, ndays: int, wd1: int) -> int:
+        full = _FULL[ndays]
+        # -1 stands for "every day of the month", the common case, kept cheap.
+        dom = -1
+        if self.dom_mask != ALL_DOM:
+            dom = self.dom_mask & full
+            fe = self.dom_from_end_mask
+            while fe:
+                low = fe & -fe
+                fe ^= low
+                n = low.bit_length() - 1
+                if ndays - n >= 1:
+                    dom |= 1 << (ndays - n)
             if self.dom_last_weekday:
                 last = ndays
-                while weekday(last) in (0, 6):
+                while (wd1 + last - 1) % 7 in (0, 6):
                     last -= 1
-                dom.add(last)
-            for n in self.dom_nearest:
+                dom |= 1 << last
+            near = self.dom_nearest_mask & full
+            while near:
                 # The nearest weekday never leaves the month: a Saturday 1st moves to Monday
                 # the 3rd and a Sunday last day back to Friday; 31W does not exist in April.
-                if n > ndays:
-                    continue
-                wd = weekday(n)
+                low = near & -near
+                near ^= low
+                n = low.bit_length() - 1
+                wd = (wd1 + n - 1) % 7
                 if wd == 6:
-                    dom.add(n - 1 if n > 1 else n + 2)
+                    dom |= 1 << (n - 1 if n > 1 else n + 2)
                 elif wd == 0:
-                    dom.add(n + 1 if n < ndays else n - 2)
+                    dom |= 1 << (n + 1 if n < ndays else n - 2)
                 else:
-                    dom.add(n)
-        dow: set[int] | None = None
-        if len(self.dow_days) < 7:
-            dow = set()
-            for wd in self.dow_days:
-                dow.update(range(1 + (wd - wd1) % 7, ndays + 1, 7))
+                    dom |= low
+        dow = -1
+        if self.dow_mask != ALL_DOW:
+            # Bit d of the shifted pattern is weekday (wd1 + d - 1) % 7 of the mask.
+            dow = ((self.dow_mask * _REP7) << 1 >> wd1) & full
             for wd, n in self.dow_nth:
                 if n == -1:
-                    dow.add(ndays - (weekday(ndays) - wd) % 7)
+                    dow |= 1 << (ndays - ((wd1 + ndays - 1) % 7 - wd) % 7)
                 elif (day := 1 + (wd - wd1) % 7 + 7 * (n - 1)) <= ndays:
-                    dow.add(day)
+                    dow |= 1 << day
         if self.day_and:
-            if dom is None:
-                return tuple(range(1, ndays + 1)) if dow is None else tuple(sorted(dow))
-            return tuple(sorted(dom if dow is None else dom & dow))
-        if dom is None or dow is None:
-            return tuple(range(1, ndays + 1))
-        return tuple(sorted(dom | dow))
+            return dom & dow & full
+        if dom == -1 or dow == -1:
+            return full
+        return dom | dow
 
     def month_days(self, year: int, month: int) -> tuple[int, ...]:
         """Matching days of ``month`` in ``year`` (the month and year sets are not checked)."""
-        return self.days(days_in_month(year, month), weekday_of_first(year, month))
+        return bits(self.days(days_in_month(year, month), weekday_of_first(year, month)))
+
+    def every_day(self) -> bool:
+        """Whether every day of every month matches the day rule."""
+        if self.day_and:
+            return self.dom_mask == ALL_DOM and self.dow_mask == ALL_DOW
+        return self.dom_mask == ALL_DOM or self.dow_mask == ALL_DOW
+
+
+_FEBRUARY = 1 << 2
+_THIRTY = (1 << 4) | (1 << 6) | (1 << 9) | (1 << 11)
+_THIRTY_ONE = (1 << 1) | (1 << 3) | (1 << 5) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 12)
 
 
 def can_fire(spec: CalendarSpec) -> bool:
     """Whether any day ever matches (call :func:`fires_every_month` first, it is quicker).
 
     Weekdays repeat exactly every 400 Gregorian years (146,097 days are 20,871 weeks), and a
-    month's matching days depend only on its length and the weekday of its 1st, so checking
-    one 400-year cycle (or every allowed year, when there are fewer) decides it exactly.
+    month's matching days depend only on its length and the weekday of its 1st. Without a
+    year field every month takes each of its lengths with its 1st on each weekday within one
+    cycle (February's 29 days included: leap years start on every weekday), so trying those
+    at most 28 shapes decides it exactly; with one, every allowed year is checked.
     """
-    years = spec.years if spec.years is not None else range(2000, 2400)
+    months = spec.month_mask
+    if spec.years is None:
+        lengths: list[int] = []
+        if months & _THIRTY_ONE:
+            lengths.append(31)
+        if months & _THIRTY:
+            lengths.append(30)
+        if months & _FEBRUARY:
+            lengths += (29, 28)
+        days = spec.days
+        return any(days(ndays, wd1) for ndays in lengths for wd1 in range(7))
     seen: set[tuple[bool, int]] = set()
-    for year in years:
+    for year in spec.years:
         kind = (is_leap(year), weekday_of_first(year, 1))
         if kind in seen:
             continue
@@ -178,19 +355,22 @@ def can_fire(spec: CalendarSpec) -> bool:
     return False
 
 
+_FIRST_28 = _FULL[28]
+
+
 def fires_every_month(spec: CalendarSpec) -> bool:
     """A quick sufficient answer for the usual expressions: some day matches in any month."""
-    dom_any = len(spec.dom_days) == 31
-    dom_always = (
-        (bool(spec.dom_days) and min(spec.dom_days) <= 28)
-        or (bool(spec.dom_from_end) and min(spec.dom_from_end) <= 27)
+    dom_always = bool(
+        spec.dom_mask & _FIRST_28
+        or spec.dom_from_end_mask & ((1 << 28) - 1)
         or spec.dom_last_weekday
-        or (bool(spec.dom_nearest) and min(spec.dom_nearest) <= 28)
+        or spec.dom_nearest_mask & _FIRST_28
     )
-    dow_any = len(spec.dow_days) == 7
-    dow_always = bool(spec.dow_days) or (
+    dow_always = bool(spec.dow_mask) or (
         bool(spec.dow_nth) and min(n for _wd, n in spec.dow_nth) <= 4
     )
     if spec.day_and:
-        return (dom_any and dow_always) or (dow_any and dom_always)
+        return (spec.dom_mask == ALL_DOM and dow_always) or (
+            spec.dow_mask == ALL_DOW and dom_always
+        )
     return dom_always or dow_always
