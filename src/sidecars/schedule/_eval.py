@@ -19,7 +19,7 @@ from bisect import bisect_left, bisect_right
 from datetime import date
 from zoneinfo import ZoneInfo
 
-from ._spec import CalendarSpec, fires_every_month, is_leap, ordinal, weekday_of_first
+from ._spec import CalendarSpec, bits, fires_every_month, is_leap, ordinal, weekday_of_first
 from ._zone import EPOCH_ORDINAL, FAR_FUTURE, FAR_PAST, fixed_offset, segment
 
 __all__ = ("CadenceEvaluator", "CronEvaluator")
@@ -30,6 +30,8 @@ DAY = 86400
 _STEP_LIMIT = 2000
 _JUMP = 3 * DAY
 _LAST_YEAR = 9998
+_MONTH_DAYS = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_FULL = tuple((1 << (n + 1)) - 2 for n in range(32))  # days 1..n
 
 
 class _StepLimit(RuntimeError):
@@ -39,20 +41,23 @@ class _StepLimit(RuntimeError):
 class CronEvaluator:
     """Fire instants of a :class:`CalendarSpec` in one zone.
 
-    ``steps`` counts loop iterations (stretches, years and months visited) so tests can
-    show that the work per call is bounded; it is not part of the public API.
+    Times of day, months and days are bitmasks; "the next allowed value at or after ``v``"
+    is the lowest set bit of ``mask >> v``. ``steps`` counts loop iterations (stretches,
+    years and months visited) so tests can show that the work per call is bounded; it is not
+    part of the public API.
     """
 
     __slots__ = (
         "_always",
+        "_every_day",
         "_first_tod",
         "_fixed_off",
-        "_hours",
+        "_h",
         "_last_tod",
-        "_minutes",
+        "_m",
         "_months",
-        "_months_set",
-        "_seconds",
+        "_s",
+        "_shape",
         "_times",
         "_year_kinds",
         "_years",
@@ -67,28 +72,22 @@ class CronEvaluator:
         self.zone = zone
         self.steps = 0
         self._fixed_off = fixed_offset(zone)
-        self._hours, self._minutes, self._seconds = spec.hours, spec.minutes, spec.seconds
-        times = spec.times
-        if times is None and len(spec.hours) * len(spec.minutes) * len(spec.seconds) <= 24:
-            # One bisect over every time of the day beats three nested ones.
-            times = tuple(
-                h * 3600 + m * 60 + s
-                for h in spec.hours
-                for m in spec.minutes
-                for s in spec.seconds
-            )
-        self._times = times
+        times = self._times = spec.times
+        h, m, s = self._h, self._m, self._s = spec.hour_mask, spec.minute_mask, spec.second_mask
         if times is not None:
             self._first_tod, self._last_tod = times[0], times[-1]
         else:
-            self._first_tod = spec.hours[0] * 3600 + spec.minutes[0] * 60 + spec.seconds[0]
-            self._last_tod = spec.hours[-1] * 3600 + spec.minutes[-1] * 60 + spec.seconds[-1]
-        self._months = spec.months
-        self._months_set = frozenset(spec.months)
-        self._years = spec.years
-        self._years_set = None if spec.years is None else frozenset(spec.years)
+            self._first_tod = _low(h) * 3600 + _low(m) * 60 + _low(s)
+            self._last_tod = (
+                (h.bit_length() - 1) * 3600 + (m.bit_length() - 1) * 60 + s.bit_length() - 1
+            )
+        self._months = spec.month_mask
+        years = self._years = spec.years
+        self._years_set = None if years is None else frozenset(years)
         self._year_kinds: dict[tuple[bool, int], bool] = {}
-        self._always = fires_every_month(spec)
+        self._shape = spec.days
+        self._every_day = spec.every_day()
+        self._always = self._every_day or fires_every_month(spec)
 
     @property
     def always_fires_monthly(self) -> bool:
@@ -108,13 +107,14 @@ class CronEvaluator:
         has_memo = False
         w: int | None
         t = tmin
+        zone = self.zone
         for _ in range(_STEP_LIMIT):
             self.steps += 1
             if has_memo and memo_t + _JUMP < t < memo_w - _JUMP:
                 # Stretches more than a few days past the search start and before the next
                 # match hold only non-matching wall times: skip them in one go.
                 t = memo_w - _JUMP
-            start, prev, off, end = segment(self.zone, t)
+            start, prev, off, end = segment(zone, t)
             if fixed and prev < off and t <= start:
                 lo = start + prev
                 if has_memo and memo_lo <= lo <= memo_w:
@@ -152,11 +152,12 @@ class CronEvaluator:
         has_memo = False
         w: int | None
         t = tmax
+        zone = self.zone
         for _ in range(_STEP_LIMIT):
             self.steps += 1
             if has_memo and memo_w + _JUMP < t < memo_t - _JUMP:
                 t = memo_w + _JUMP
-            start, prev, off, _end = segment(self.zone, t)
+            start, prev, off, _end = segment(zone, t)
             hi = t + off
             if has_memo and memo_w <= hi <= memo_hi:
                 w = memo_w
@@ -175,12 +176,28 @@ class CronEvaluator:
 
     # -- wall clock -----------------------------------------------------------------------
 
+    def _day_mask(self, y: int, m: int, wd1: int) -> int:
+        """Matching days of month ``m`` of year ``y`` whose 1st is cron weekday ``wd1``."""
+        if m == 2:
+            ndays = 29 if y % 4 == 0 and (y % 100 != 0 or y % 400 == 0) else 28
+        else:
+            ndays = _MONTH_DAYS[m]
+        if self._every_day:
+            return _FULL[ndays]
+        return self._shape(ndays, wd1)
+
+    def _day_ok(self, y: int, m: int, dd: int, day_ordinal: int) -> bool:
+        if not self._months >> m & 1 or (self._years_set is not None and y not in self._years_set):
+            return False
+        return bool(self._day_mask(y, m, (day_ordinal - dd + 1) % 7) >> dd & 1)
+
     def first_wall(self, w: int) -> int | None:
         """The smallest matching wall time at or after wall time ``w``."""
         days, sod = divmod(w, DAY)
-        d = date.fromordinal(days + EPOCH_ORDINAL)
+        n = days + EPOCH_ORDINAL
+        d = date.fromordinal(n)
         y, m, dd = d.year, d.month, d.day
-        if self._day_ok(y, m, dd):
+        if self._day_ok(y, m, dd, n):
             tod = self._tod_ge(sod)
             if tod is not None:
                 return w - sod + tod
@@ -190,19 +207,15 @@ class CronEvaluator:
     def last_wall(self, w: int) -> int | None:
         """The largest matching wall time at or before wall time ``w``."""
         days, sod = divmod(w, DAY)
-        d = date.fromordinal(days + EPOCH_ORDINAL)
+        n = days + EPOCH_ORDINAL
+        d = date.fromordinal(n)
         y, m, dd = d.year, d.month, d.day
-        if self._day_ok(y, m, dd):
+        if self._day_ok(y, m, dd, n):
             tod = self._tod_le(sod)
             if tod is not None:
                 return w - sod + tod
         prv = self._prev_day(y, m, dd)
         return None if prv is None else (prv - EPOCH_ORDINAL) * DAY + self._last_tod
-
-    def _day_ok(self, y: int, m: int, dd: int) -> bool:
-        if m not in self._months_set or (self._years_set is not None and y not in self._years_set):
-            return False
-        return dd in self.spec.month_days(y, m)
 
     def _year_possible(self, y: int) -> bool:
         if self._always:
@@ -211,8 +224,9 @@ class CronEvaluator:
         kind = (is_leap(y), weekday_of_first(y, 1))
         ok = self._year_kinds.get(kind)
         if ok is None:
-            spec = self.spec
-            ok = self._year_kinds[kind] = any(spec.month_days(y, m) for m in self._months)
+            ok = self._year_kinds[kind] = any(
+                self._day_mask(y, m, weekday_of_first(y, m)) for m in bits(self._months)
+            )
         return ok
 
     def _next_year(self, y: int) -> int | None:
@@ -230,7 +244,6 @@ class CronEvaluator:
     def _next_day(self, y: int, m: int, dd: int) -> int | None:
         """Ordinal of the first matching day strictly after ``y-m-dd``."""
         months = self._months
-        month_days = self.spec.month_days
         if self._years_set is not None and y not in self._years_set:
             nxt = self._next_year(y)
             if nxt is None:
@@ -239,11 +252,17 @@ class CronEvaluator:
         for _ in range(_STEP_LIMIT):
             self.steps += 1
             if self._year_possible(y):
-                for month in months[bisect_left(months, m) :]:
-                    days = month_days(y, month)
-                    i = bisect_right(days, dd) if month == m else 0
-                    if i < len(days):
-                        return ordinal(y, month, days[i])
+                left = months >> m << m
+                while left:
+                    low = left & -left
+                    left ^= low
+                    month = low.bit_length() - 1
+                    first = ordinal(y, month, 1)
+                    mask = self._day_mask(y, month, first % 7)
+                    if month == m:
+                        mask = mask >> (dd + 1) << (dd + 1)
+                    if mask:
+                        return first + _low(mask) - 1
                     self.steps += 1
             nxt = self._next_year(y)
             if nxt is None:
@@ -254,7 +273,6 @@ class CronEvaluator:
     def _prev_day(self, y: int, m: int, dd: int) -> int | None:
         """Ordinal of the last matching day strictly before ``y-m-dd``."""
         months = self._months
-        month_days = self.spec.month_days
         if self._years_set is not None and y not in self._years_set:
             prv = self._prev_year(y)
             if prv is None:
@@ -263,11 +281,16 @@ class CronEvaluator:
         for _ in range(_STEP_LIMIT):
             self.steps += 1
             if self._year_possible(y):
-                for month in reversed(months[: bisect_right(months, m)]):
-                    days = month_days(y, month)
-                    i = bisect_left(days, dd) if month == m else len(days)
-                    if i:
-                        return ordinal(y, month, days[i - 1])
+                left = months & ((2 << m) - 1)
+                while left:
+                    month = left.bit_length() - 1
+                    left ^= 1 << month
+                    first = ordinal(y, month, 1)
+                    mask = self._day_mask(y, month, first % 7)
+                    if month == m:
+                        mask &= (1 << dd) - 1
+                    if mask:
+                        return first + mask.bit_length() - 2
                     self.steps += 1
             prv = self._prev_year(y)
             if prv is None:
@@ -280,22 +303,20 @@ class CronEvaluator:
         if times is not None:
             i = bisect_left(times, sod)
             return times[i] if i < len(times) else None
-        hours, minutes, seconds = self._hours, self._minutes, self._seconds
+        hours, minutes = self._h, self._m
         h, rest = divmod(sod, 3600)
         mi, s = divmod(rest, 60)
-        i = bisect_left(hours, h)
-        if i < len(hours) and hours[i] == h:
-            j = bisect_left(minutes, mi)
-            if j < len(minutes) and minutes[j] == mi:
-                k = bisect_left(seconds, s)
-                if k < len(seconds):
-                    return sod - s + seconds[k]
-                j += 1
-            if j < len(minutes):
-                return h * 3600 + minutes[j] * 60 + seconds[0]
-            i += 1
-        if i < len(hours):
-            return hours[i] * 3600 + minutes[0] * 60 + seconds[0]
+        if hours >> h & 1:
+            if minutes >> mi & 1:
+                x = self._s >> s
+                if x:
+                    return sod + _low(x)
+            x = minutes >> (mi + 1)
+            if x:
+                return h * 3600 + (mi + 1 + _low(x)) * 60 + _low(self._s)
+        x = hours >> (h + 1)
+        if x:
+            return (h + 1 + _low(x)) * 3600 + self._first_tod % 3600
         return None
 
     def _tod_le(self, sod: int) -> int | None:
@@ -303,23 +324,26 @@ class CronEvaluator:
         if times is not None:
             i = bisect_right(times, sod)
             return times[i - 1] if i else None
-        hours, minutes, seconds = self._hours, self._minutes, self._seconds
+        hours, minutes = self._h, self._m
         h, rest = divmod(sod, 3600)
         mi, s = divmod(rest, 60)
-        i = bisect_right(hours, h)
-        if i and hours[i - 1] == h:
-            j = bisect_right(minutes, mi)
-            if j and minutes[j - 1] == mi:
-                k = bisect_right(seconds, s)
-                if k:
-                    return sod - s + seconds[k - 1]
-                j -= 1
-            if j:
-                return h * 3600 + minutes[j - 1] * 60 + seconds[-1]
-            i -= 1
-        if i:
-            return hours[i - 1] * 3600 + minutes[-1] * 60 + seconds[-1]
+        if hours >> h & 1:
+            if minutes >> mi & 1:
+                x = self._s & ((2 << s) - 1)
+                if x:
+                    return sod - s + x.bit_length() - 1
+            x = minutes & ((1 << mi) - 1)
+            if x:
+                return h * 3600 + (x.bit_length() - 1) * 60 + self._s.bit_length() - 1
+        x = hours & ((1 << h) - 1)
+        if x:
+            return (x.bit_length() - 1) * 3600 + self._last_tod % 3600
         return None
+
+
+def _low(mask: int) -> int:
+    """Index of the lowest set bit of a non-zero mask."""
+    return (mask & -mask).bit_length() - 1
 
 
 class CadenceEvaluator:

@@ -133,21 +133,22 @@ def _parse_dom(text: str) -> tuple[int, int, bool, int]:
         return 0, 1, False, 0
     days = from_end = nearest = 0
     last_weekday = False
-    for part in upper.split(","):
-        if "L" not in part and "W" not in part:
+    for part in text.split(","):
+        upper = part.upper()
+        if "L" not in upper and "W" not in upper:
             if not part:
                 raise _FieldError(f"empty list member in {text!r}")
             days |= _values(part, _DOM)
-        elif part == "L":
+        elif upper == "L":
             from_end |= 1
-        elif part == "LW":
+        elif upper == "LW":
             last_weekday = True
-        elif m := _FROM_END.fullmatch(part):
+        elif m := _FROM_END.fullmatch(upper):
             n = int(m.group(1))
             if not 1 <= n <= 30:
                 raise _FieldError(f"offset {n} in {part!r} is out of range 1-30")
             from_end |= 1 << n
-        elif m := _NEAREST.fullmatch(part):
+        elif m := _NEAREST.fullmatch(upper):
             nearest |= 1 << _number(m.group(1), _DOM)
         else:
             days |= _values(part, _DOM)
@@ -191,12 +192,12 @@ def _parse_dow(text: str) -> tuple[int, frozenset[tuple[int, int]]]:
 def parse_cron(expression: str) -> CalendarSpec:
     """Compile a cron expression; raise :class:`InvalidSchedule` naming the field and value."""
     fields = expression.split()
-    if len(fields) == 5:
+    if len(fields) == 5 and fields[0][0] != "@":
         sec = "0"
         minute, hour, dom, month, dow = fields
         year = "*"
-    elif len(fields) == 1 and fields[0].startswith("@"):
-        macro = MACROS.get(fields[0].lower())
+    elif fields and fields[0][0] == "@":
+        macro = MACROS.get(expression.strip().lower())
         if macro is None:
             known = ", ".join(MACROS)
             raise InvalidSchedule(

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from ..exceptions import InvalidSchedule
 from ._eval import CadenceEvaluator, CronEvaluator
 from ._parse import MONTH_NAMES, WEEKDAY_NAMES, parse_cron
-from ._spec import CalendarSpec, can_fire, fires_every_month
+from ._spec import CalendarSpec, can_fire, fires_every_month, mask_of
 
 __all__ = ("At", "Schedule", "Weekday")
 
@@ -271,20 +271,20 @@ class Schedule:
         if not months:
             raise InvalidSchedule(f"{ctx}: in_months= is empty")
         spec = CalendarSpec(
-            seconds=tuple(sorted({t % 60 for t in tods})),
-            minutes=tuple(sorted({t // 60 % 60 for t in tods})),
-            hours=tuple(sorted({t // 3600 for t in tods})),
-            months=tuple(months),
-            years=None,
-            dom_days=frozenset(dom_days),
-            dom_from_end=frozenset(from_end),
-            dom_last_weekday=False,
-            dom_nearest=frozenset(),
-            dow_days=frozenset(dow_days),
-            dow_nth=frozenset(nth),
-            day_and=True,
-            fixed=True,
-            times=tods,
+            mask_of({t % 60 for t in tods}),
+            mask_of({t // 60 % 60 for t in tods}),
+            mask_of({t // 3600 for t in tods}),
+            mask_of(months),
+            None,
+            mask_of(dom_days),
+            mask_of(from_end),
+            False,
+            0,
+            mask_of(dow_days),
+            frozenset(nth),
+            True,
+            True,
+            tods,
         )
         if not fires_every_month(spec) and not can_fire(spec):
             raise InvalidSchedule(f"{ctx}: {args} can never fire: no day matches all of them")
