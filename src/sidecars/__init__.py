@@ -21,10 +21,12 @@ from ._records import JobRef as JobRef
 from ._records import JobState as JobState
 from ._records import Outcome as Outcome
 from ._records import RunType as RunType
+from ._retry import RetryPolicy as RetryPolicy
 from ._sidecar import Sidecar as Sidecar
 from ._stats import HandleStats as HandleStats
 from ._stats import Stats as Stats
 from ._trigger import Trigger as Trigger
+from ._worker import JobEvent as JobEvent
 from .exceptions import DuplicateHandle as DuplicateHandle
 from .exceptions import InvalidDeclaration as InvalidDeclaration
 from .exceptions import InvalidSchedule as InvalidSchedule
@@ -50,6 +52,7 @@ __all__ = (
     "InvalidDeclaration",
     "InvalidSchedule",
     "JobContext",
+    "JobEvent",
     "JobInfo",
     "JobNotFound",
     "JobRef",
@@ -58,6 +61,7 @@ __all__ = (
     "Outcome",
     "PayloadError",
     "QueueFull",
+    "RetryPolicy",
     "RunType",
     "Schedule",
     "ShuttingDown",

@@ -335,7 +335,6 @@ class DeferredConsumer:
                     scope.cancel()
                 try:
                     result = await self._execute(sidecar, payload, job)
-                    await result.release_slot()
                 except anyio.get_cancelled_exc_class():
                     # Shutdown ran out of grace; the lease is given back after the task
                     # group has stopped (release_held), without counting the attempt.
@@ -384,6 +383,8 @@ class DeferredConsumer:
                     error=error,
                 )
             await self._finish_one(held, finish)
+            # A sync handler past its timeout still runs in its thread: keep the slot.
+            await result.release_slot()
         finally:
             counters.running -= 1
 

@@ -236,7 +236,6 @@ class MemoryPool:
                         attempt=record.attempts,
                         scheduled_at=record.created_at,
                     )
-                    await result.release_slot()
                 except anyio.get_cancelled_exc_class():
                     # Shutdown ran out of grace: the job is dropped, and says so.
                     record.state = JobState.CANCELLED
@@ -264,6 +263,12 @@ class MemoryPool:
                     )
                 else:
                     record.state = JobState.SUCCEEDED if outcome is Outcome.OK else JobState.FAILED
+                # A sync handler past its timeout still runs in its thread: keep the slot.
+                self.running += 1
+                try:
+                    await result.release_slot()
+                finally:
+                    self.running -= 1
         finally:
             self._workers -= 1
             if self._workers == 0:

@@ -382,7 +382,6 @@ class Scheduler:
                         scope.cancel()
                 try:
                     result = await self._execute(sidecar, fire_at, claim)
-                    await result.release_slot()
                 except anyio.get_cancelled_exc_class():
                     counters.dropped += 1
                     raise
@@ -417,6 +416,7 @@ class Scheduler:
                                 fire_at,
                             )
                 self.held.pop((handle, fire_at), None)
+            await result.release_slot()
         finally:
             entry.running -= 1
             counters.running -= 1
