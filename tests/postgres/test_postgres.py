@@ -253,11 +253,6 @@ class TestTransactionalEnqueue:
         assert await sc.get_job(lost.id) is None
         await sc.aclose()
 
-    @pytest.mark.xfail(
-        reason="the runner enters its claim CancelScope in two tasks when the store is "
-        "Notifying (sidecars/_deferred.py, _watch_supervised): RuntimeError",
-        strict=True,
-    )
     async def test_runner_woken_by_notify(self, make_store: MakeStore, pg_server: str) -> None:
         """A running Sidecars starts a job committed on another connection well before polling."""
         sc, runs, work = _app(make_store())
