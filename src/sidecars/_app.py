@@ -123,6 +123,10 @@ class Sidecars:
             )
         self.max_threads = max_threads
         self.sidecars: dict[str, Sidecar[Any]] = {}
+        # Test support (sidecars.testing): enqueue listeners and eager mode.
+        self._listeners: list[Callable[[Sidecar[Any], Any, float, JobRef], None]] = []
+        self._eager = False
+        self._told_no_runner = False
         self._hooks_start: list[Callable[[JobEvent], object]] = []
         self._hooks_end: list[Callable[[JobEvent], object]] = []
         self._runner: Runner | None = None
@@ -175,9 +179,9 @@ class Sidecars:
 
     def sidecar(
         self,
-        *,
-        handle: str,
-        run_type: RunType,
+        *misused: Any,
+        handle: str = _UNSET,
+        run_type: RunType = _UNSET,
         payload: Any = _UNSET,
         concurrency: int = 1,
         timeout: float | timedelta | None = None,
@@ -226,6 +230,13 @@ class Sidecars:
             DuplicateHandle: the handle is already declared (both places are named).
             InvalidDeclaration: the settings do not fit together.
         """
+
+        if misused or handle is _UNSET or run_type is _UNSET:
+            name = getattr(misused[0], "__name__", None) if misused else handle
+            raise InvalidDeclaration(
+                f"sidecar {name!r}: declare it with keywords and parentheses: "
+                "@sc.sidecar(handle='...', run_type=RunType.MEMORY, ...)"
+            )
 
         def decorate(handler: Handler[Any]) -> Sidecar[Any]:
             if self._runner is not None:
@@ -398,16 +409,53 @@ class Sidecars:
         return runner.memory_pool(sidecar.handle)
 
     async def _enqueue_memory(self, sidecar: Sidecar[Any], payload: Any) -> JobRef:
-        pool = self._memory_pool(sidecar)
-        (ref,) = await pool.submit([sidecar.codec.encode(payload)])
+        (ref,) = await self._enqueue_memory_many(sidecar, [payload])
         return ref
 
     async def _enqueue_memory_many(
         self, sidecar: Sidecar[Any], payloads: Sequence[Any]
     ) -> list[JobRef]:
+        if self._eager:
+            return await self._run_eager(sidecar, payloads)
         pool = self._memory_pool(sidecar)
         encoded = [sidecar.codec.encode(p) for p in payloads]
-        return await pool.submit(encoded)
+        refs = await pool.submit(encoded)
+        if self._listeners:
+            now = self.clock.time()
+            for (_, copy), ref in zip(encoded, refs, strict=True):
+                self._notify(sidecar, copy, now, ref)
+        return refs
+
+    def _notify(self, sidecar: Sidecar[Any], payload: Any, run_at: float, ref: JobRef) -> None:
+        for listener in self._listeners:
+            listener(sidecar, payload, run_at, ref)
+
+    async def _run_eager(self, sidecar: Sidecar[Any], payloads: Sequence[Any]) -> list[JobRef]:
+        """Eager mode (tests): run each handler inline, in order, raising its error."""
+        import anyio
+
+        from ._records import JobContext
+
+        encoded = [sidecar.codec.encode(p) for p in payloads]
+        refs = []
+        now = self.clock.time()
+        for _, copy in encoded:
+            ref = JobRef(id=uuid4(), handle=sidecar.handle)
+            self._notify(sidecar, copy, now, ref)
+            context: JobContext[Any] = JobContext(
+                payload=copy,
+                job_id=ref.id,
+                handle=sidecar.handle,
+                attempt=1,
+                scheduled_at=datetime.fromtimestamp(now, timezone.utc),
+                logger=logging.getLogger(f"sidecars.job.{sidecar.handle}"),
+            )
+            if sidecar.is_async:
+                await sidecar.handler(context)  # type: ignore[misc]
+            else:
+                await anyio.to_thread.run_sync(sidecar.handler, context)
+            refs.append(ref)
+        return refs
 
     async def _enqueue_deferred(
         self,
@@ -420,10 +468,13 @@ class Sidecars:
     ) -> list[JobRef]:
         # Unlike memory jobs, deferred jobs are still taken during shutdown: they are
         # durable, and another runner (or this one, after a restart) will run them.
+        if self._eager:
+            return await self._run_eager(sidecar, payloads)
         runner = self._runner
         now = self.clock.time()
         due = _due(sidecar, now, run_at, delay)
-        texts = [sidecar.codec.encode(p)[0] for p in payloads]
+        encoded = [sidecar.codec.encode(p) for p in payloads]
+        texts = [text for text, _ in encoded]
         jobs = [
             NewJob(
                 id=uuid4(),
@@ -452,7 +503,20 @@ class Sidecars:
             runner.stats_for(sidecar.handle).enqueued += len(jobs)
             if runner.deferred is not None:
                 runner.deferred.wake()
-        return [JobRef(id=job.id, handle=sidecar.handle) for job in jobs]
+        refs = [JobRef(id=job.id, handle=sidecar.handle) for job in jobs]
+        if runner is None and not self._told_no_runner:
+            # Normal for scripts and enqueue-only processes, but a forgotten lifespan looks
+            # the same: say so once.
+            self._told_no_runner = True
+            log.info(
+                "sidecars: DEFERRED job(s) of %r stored; no runner runs in this process, so "
+                "they run when one does (the app's lifespan=sc.lifespan, or a worker)",
+                sidecar.handle,
+            )
+        if self._listeners:
+            for (_, copy), ref in zip(encoded, refs, strict=True):
+                self._notify(sidecar, copy, due, ref)
+        return refs
 
     async def get_job(self, job_id: UUID | str) -> JobInfo | None:
         """Read a job by id: a recent MEMORY job of this process, or a stored job.
@@ -504,6 +568,7 @@ def _due(
         if not isinstance(run_at, datetime) or run_at.utcoffset() is None:
             raise ValueError(
                 f"sidecar {handle!r}: field 'run_at': expected an aware datetime, got {run_at!r}"
+                " (e.g. datetime.now(timezone.utc) + timedelta(hours=1))"
             )
         return run_at.timestamp()
     if delay is not None:

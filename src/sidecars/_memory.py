@@ -13,6 +13,7 @@ from uuid import UUID, uuid4
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from ._clock import busy
 from ._records import JobInfo, JobRef, JobState, Outcome, RunType
 from ._worker import execute
 from .exceptions import QueueFull, ShuttingDown
@@ -228,14 +229,15 @@ class MemoryPool:
                 stats.running += 1
                 record.attempts += 1
                 try:
-                    result = await execute(
-                        runner,
-                        sidecar,
-                        payload=item.payload,
-                        job_id=record.id,
-                        attempt=record.attempts,
-                        scheduled_at=record.created_at,
-                    )
+                    with busy(runner.clock):  # a fake clock's settle() waits for it
+                        result = await execute(
+                            runner,
+                            sidecar,
+                            payload=item.payload,
+                            job_id=record.id,
+                            attempt=record.attempts,
+                            scheduled_at=record.created_at,
+                        )
                 except anyio.get_cancelled_exc_class():
                     # Shutdown ran out of grace: the job is dropped, and says so.
                     record.state = JobState.CANCELLED

@@ -254,13 +254,19 @@ class Scheduler:
                 late.append(fire)
                 fire = entry.after(fire)
         if late:
-            log.warning(
-                "sidecars: %r missed fires; misfire=%r runs %d of them (%s ... %s)",
+            # Expected after any restart, so INFO; a replay of many fires is worth a WARNING.
+            level = logging.WARNING if len(late) > 1 else logging.INFO
+            span = _dt(late[0]).isoformat()
+            if len(late) > 1:
+                span += f" to {_dt(late[-1]).isoformat()}"
+            log.log(
+                level,
+                "sidecars: %r missed %s; misfire=%r runs %d now (%s)",
                 entry.sidecar.handle,
+                "a fire" if len(late) == 1 else "fires",
                 settings.misfire,
                 len(late),
-                _dt(late[0]).isoformat(),
-                _dt(late[-1]).isoformat(),
+                span,
             )
         return on_time, late
 

@@ -57,17 +57,28 @@ def _payload_from_annotation(handle: str, func: Callable[..., object]) -> Any:
         return _UNSET
     try:
         hints = typing.get_type_hints(func)
-    except Exception:
+    except Exception as exc:
         # Unresolvable under `from __future__ import annotations` (a local class, say):
         # the user can pass payload= instead, and the error says so.
-        return _UNSET
+        return _Unresolved(f"its annotations cannot be resolved ({type(exc).__name__}: {exc})")
     annotation = hints.get(params[0].name, _UNSET)
     if annotation is _UNSET:
         return _UNSET
     if get_origin(annotation) is JobContext:
         (arg,) = get_args(annotation)
         return None if arg is type(None) else arg
-    return _UNSET
+    if annotation is JobContext:
+        return _Unresolved("its parameter is annotated JobContext without [YourModel]")
+    return _Unresolved(f"its parameter is annotated {annotation!r}, not JobContext[...]")
+
+
+class _Unresolved:
+    """Why a payload type could not be read from a handler's annotation."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
 
 
 def _check_callable(handle: str, func: Callable[..., object]) -> None:
@@ -194,6 +205,11 @@ class Sidecar(Generic[P]):
             raise InvalidDeclaration(
                 f"sidecar {handle!r}: field 'schedule': expected a Schedule or another Trigger "
                 f"(with next_after and previous_before), got {schedule!r}"
+                + (
+                    f"; for a cron string write schedule=Schedule.cron({schedule!r})"
+                    if isinstance(schedule, str)
+                    else ""
+                )
             )
         if run_type is RunType.MEMORY and schedule is not None:
             raise InvalidDeclaration(
@@ -208,8 +224,12 @@ class Sidecar(Generic[P]):
         self.schedule = schedule
 
         declared = payload
+        why = ""
         if declared is _UNSET:
             declared = _payload_from_annotation(handle, handler)
+            if isinstance(declared, _Unresolved):
+                why = f" ({declared.reason})"
+                declared = _UNSET
         if run_type is RunType.STANDALONE:
             if declared not in (_UNSET, None, type(None)):
                 raise InvalidDeclaration(
@@ -219,8 +239,9 @@ class Sidecar(Generic[P]):
             declared = None
         elif declared is _UNSET:
             raise InvalidDeclaration(
-                f"sidecar {handle!r}: field 'payload': cannot tell the payload type; annotate "
-                "the handler's parameter as JobContext[YourModel] or pass payload=YourModel"
+                f"sidecar {handle!r}: field 'payload': cannot tell the payload type{why}; "
+                "annotate the handler's parameter as JobContext[YourModel] or pass "
+                "payload=YourModel"
             )
         if declared is type(None):
             declared = None
@@ -293,11 +314,7 @@ class Sidecar(Generic[P]):
             QueueFull: the MEMORY queue is full and ``on_full="raise"``.
         """
         if self.run_type is RunType.MEMORY:
-            if run_at is not None or delay is not None or connection is not None:
-                raise InvalidDeclaration(
-                    f"sidecar {self.handle!r}: field 'run_at': a MEMORY job runs at once, in "
-                    "process; use a DEFERRED sidecar to run it later or transactionally"
-                )
+            _memory_only_now(self.handle, run_at=run_at, delay=delay, connection=connection)
             return await self._app._enqueue_memory(self, payload)
         if self.run_type is RunType.STANDALONE:
             raise InvalidDeclaration(
@@ -323,10 +340,7 @@ class Sidecar(Generic[P]):
         """
         items: Sequence[P] = list(payloads)
         if self.run_type is RunType.MEMORY:
-            if run_at is not None or delay is not None:
-                raise InvalidDeclaration(
-                    f"sidecar {self.handle!r}: field 'run_at': a MEMORY job runs at once"
-                )
+            _memory_only_now(self.handle, run_at=run_at, delay=delay, connection=connection)
             return await self._app._enqueue_memory_many(self, items)
         if self.run_type is RunType.STANDALONE:
             raise InvalidDeclaration(
@@ -338,6 +352,16 @@ class Sidecar(Generic[P]):
 
     def __repr__(self) -> str:
         return f"<Sidecar {self.handle!r} {self.run_type.value}>"
+
+
+def _memory_only_now(handle: str, **given: object) -> None:
+    for name, value in given.items():
+        if value is not None:
+            raise InvalidDeclaration(
+                f"sidecar {handle!r}: field {name!r}: a MEMORY job runs at once, in this "
+                "process; declare the sidecar with run_type=RunType.DEFERRED to run it later "
+                "or inside your transaction"
+            )
 
 
 def _aware(handle: str, when: datetime) -> float:
