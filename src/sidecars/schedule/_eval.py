@@ -19,7 +19,17 @@ from bisect import bisect_left, bisect_right
 from datetime import date
 from zoneinfo import ZoneInfo
 
-from ._spec import CalendarSpec, bits, fires_every_month, is_leap, ordinal, weekday_of_first
+from ._spec import (
+    ALL_DOM,
+    ALL_DOW,
+    CalendarSpec,
+    bits,
+    days_in_month,
+    fires_every_month,
+    is_leap,
+    ordinal,
+    weekday_of_first,
+)
 from ._zone import EPOCH_ORDINAL, FAR_FUTURE, FAR_PAST, fixed_offset, segment
 
 __all__ = ("CadenceEvaluator", "CronEvaluator")
@@ -30,7 +40,21 @@ DAY = 86400
 _STEP_LIMIT = 2000
 _JUMP = 3 * DAY
 _LAST_YEAR = 9998
-_MONTH_DAYS = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+# Month lengths and ordinal offsets of each month's 1st (index 1-12; [leap] for leap years).
+_LEN = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_LEN_LEAP = (0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_CUM = (
+    tuple(1 + sum(_LEN[1:m]) for m in range(13)),
+    tuple(1 + sum(_LEN_LEAP[1:m]) for m in range(13)),
+)
+
+
+def _year_base(y: int) -> int:
+    """Ordinal of the last day of year ``y - 1`` (``date.toordinal`` numbering)."""
+    p = y - 1
+    return p * 365 + p // 4 - p // 100 + p // 400
+
+
 _FULL = tuple((1 << (n + 1)) - 2 for n in range(32))  # days 1..n
 
 
@@ -57,7 +81,7 @@ class CronEvaluator:
         "_m",
         "_months",
         "_s",
-        "_shape",
+        "_shapes",
         "_times",
         "_year_kinds",
         "_years",
@@ -77,17 +101,21 @@ class CronEvaluator:
         if times is not None:
             self._first_tod, self._last_tod = times[0], times[-1]
         else:
-            self._first_tod = _low(h) * 3600 + _low(m) * 60 + _low(s)
-            self._last_tod = (
-                (h.bit_length() - 1) * 3600 + (m.bit_length() - 1) * 60 + s.bit_length() - 1
-            )
+            self._first_tod = (
+                (h & -h).bit_length() * 3600 + (m & -m).bit_length() * 60 + (s & -s).bit_length()
+            ) - 3661
+            self._last_tod = h.bit_length() * 3600 + m.bit_length() * 60 + s.bit_length() - 3661
         self._months = spec.month_mask
         years = self._years = spec.years
         self._years_set = None if years is None else frozenset(years)
         self._year_kinds: dict[tuple[bool, int], bool] = {}
-        self._shape = spec.days
-        self._every_day = spec.every_day()
-        self._always = self._every_day or fires_every_month(spec)
+        self._shapes = spec._shapes
+        if spec.day_and:
+            every = spec.dom_mask == ALL_DOM and spec.dow_mask == ALL_DOW
+        else:
+            every = spec.dom_mask == ALL_DOM or spec.dow_mask == ALL_DOW
+        self._every_day = every
+        self._always = every or fires_every_month(spec)
 
     @property
     def always_fires_monthly(self) -> bool:
@@ -176,20 +204,15 @@ class CronEvaluator:
 
     # -- wall clock -----------------------------------------------------------------------
 
-    def _day_mask(self, y: int, m: int, wd1: int) -> int:
-        """Matching days of month ``m`` of year ``y`` whose 1st is cron weekday ``wd1``."""
-        if m == 2:
-            ndays = 29 if y % 4 == 0 and (y % 100 != 0 or y % 400 == 0) else 28
-        else:
-            ndays = _MONTH_DAYS[m]
+    def _day_mask(self, ndays: int, first: int) -> int:
+        """Matching days of a month of ``ndays`` days whose 1st has ordinal ``first``."""
         if self._every_day:
             return _FULL[ndays]
-        return self._shape(ndays, wd1)
-
-    def _day_ok(self, y: int, m: int, dd: int, day_ordinal: int) -> bool:
-        if not self._months >> m & 1 or (self._years_set is not None and y not in self._years_set):
-            return False
-        return bool(self._day_mask(y, m, (day_ordinal - dd + 1) % 7) >> dd & 1)
+        key = ndays * 8 + first % 7
+        mask = self._shapes.get(key, -1)
+        if mask < 0:
+            mask = self.spec.days(ndays, first % 7)
+        return mask
 
     def first_wall(self, w: int) -> int | None:
         """The smallest matching wall time at or after wall time ``w``."""
@@ -197,11 +220,19 @@ class CronEvaluator:
         n = days + EPOCH_ORDINAL
         d = date.fromordinal(n)
         y, m, dd = d.year, d.month, d.day
-        if self._day_ok(y, m, dd, n):
-            tod = self._tod_ge(sod)
-            if tod is not None:
-                return w - sod + tod
-        nxt = self._next_day(y, m, dd)
+        if self._months >> m & 1 and (self._years_set is None or y in self._years_set):
+            ndays = 29 if m == 2 and y % 4 == 0 and (y % 100 != 0 or y % 400 == 0) else _LEN[m]
+            mask = self._day_mask(ndays, n - dd + 1)
+            if mask >> dd & 1:
+                tod = self._tod_ge(sod)
+                if tod is not None:
+                    return w - sod + tod
+            rest = mask >> (dd + 1)
+            if rest:  # later this month
+                return (days + 1 + ((rest & -rest).bit_length() - 1)) * DAY + self._first_tod
+            nxt = self._next_day(y, m + 1, 0)
+        else:
+            nxt = self._next_day(y, m, dd)
         return None if nxt is None else (nxt - EPOCH_ORDINAL) * DAY + self._first_tod
 
     def last_wall(self, w: int) -> int | None:
@@ -210,11 +241,19 @@ class CronEvaluator:
         n = days + EPOCH_ORDINAL
         d = date.fromordinal(n)
         y, m, dd = d.year, d.month, d.day
-        if self._day_ok(y, m, dd, n):
-            tod = self._tod_le(sod)
-            if tod is not None:
-                return w - sod + tod
-        prv = self._prev_day(y, m, dd)
+        if self._months >> m & 1 and (self._years_set is None or y in self._years_set):
+            ndays = 29 if m == 2 and y % 4 == 0 and (y % 100 != 0 or y % 400 == 0) else _LEN[m]
+            mask = self._day_mask(ndays, n - dd + 1)
+            if mask >> dd & 1:
+                tod = self._tod_le(sod)
+                if tod is not None:
+                    return w - sod + tod
+            before = mask & ((1 << dd) - 1)
+            if before:  # earlier this month
+                return (days - dd + before.bit_length() - 1) * DAY + self._last_tod
+            prv = self._prev_day(y, m - 1, 32)
+        else:
+            prv = self._prev_day(y, m, dd)
         return None if prv is None else (prv - EPOCH_ORDINAL) * DAY + self._last_tod
 
     def _year_possible(self, y: int) -> bool:
@@ -225,7 +264,7 @@ class CronEvaluator:
         ok = self._year_kinds.get(kind)
         if ok is None:
             ok = self._year_kinds[kind] = any(
-                self._day_mask(y, m, weekday_of_first(y, m)) for m in bits(self._months)
+                self._day_mask(days_in_month(y, m), ordinal(y, m, 1)) for m in bits(self._months)
             )
         return ok
 
@@ -253,12 +292,14 @@ class CronEvaluator:
             self.steps += 1
             if self._year_possible(y):
                 left = months >> m << m
+                leap = y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
+                base = _year_base(y)
                 while left:
                     low = left & -left
                     left ^= low
                     month = low.bit_length() - 1
-                    first = ordinal(y, month, 1)
-                    mask = self._day_mask(y, month, first % 7)
+                    first = base + _CUM[leap][month]
+                    mask = self._day_mask(_LEN_LEAP[month] if leap else _LEN[month], first)
                     if month == m:
                         mask = mask >> (dd + 1) << (dd + 1)
                     if mask:
@@ -282,11 +323,13 @@ class CronEvaluator:
             self.steps += 1
             if self._year_possible(y):
                 left = months & ((2 << m) - 1)
+                leap = y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
+                base = _year_base(y)
                 while left:
                     month = left.bit_length() - 1
                     left ^= 1 << month
-                    first = ordinal(y, month, 1)
-                    mask = self._day_mask(y, month, first % 7)
+                    first = base + _CUM[leap][month]
+                    mask = self._day_mask(_LEN_LEAP[month] if leap else _LEN[month], first)
                     if month == m:
                         mask &= (1 << dd) - 1
                     if mask:

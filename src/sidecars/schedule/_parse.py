@@ -46,6 +46,17 @@ _FROM_END = re.compile(r"L-(\d+)")
 _SUNDAY_7 = 1 << 7
 
 
+def _tokens(fld: tuple[str, int, int, dict[str, int] | None]) -> dict[str, int]:
+    """Masks of the field's most common spellings: ``*``, ``*/s``, each value and name."""
+    _name, low, high, names = fld
+    table = {str(v): 1 << v for v in range(low, high + 1)}
+    table.update({name: 1 << v for name, v in (names or {}).items()})
+    table["*"] = _progression(low, high, 1)
+    for step in range(2, high - low + 2):
+        table[f"*/{step}"] = _progression(low, high, step)
+    return table
+
+
 class _FieldError(Exception):
     """A problem in one field; :func:`parse_cron` adds the expression and field name."""
 
@@ -104,10 +115,15 @@ def _values(part: str, fld: _Field) -> int:
     return _progression(start, stop, step)
 
 
+_SECOND_TOKENS = _tokens(_SECOND)
+_MINUTE_TOKENS = _tokens(_MINUTE)
+_HOUR_TOKENS = _tokens(_HOUR)
+_DOM_TOKENS = _tokens(_DOM)
+_MONTH_TOKENS = _tokens(_MONTH)
+
+
 def _simple(text: str, fld: _Field) -> int:
-    """Mask of a field without L/W/#, with shortcuts for the usual ``*`` and ``n``."""
-    if text == "*":
-        return _progression(fld[1], fld[2], 1)
+    """Mask of a field without L/W/# (the common spellings are looked up before this)."""
     if text.isdigit():
         return 1 << _number(text, fld)
     if "," not in text:
@@ -160,6 +176,9 @@ def _weekdays(mask: int) -> int:
     if mask & _SUNDAY_7:
         return (mask ^ _SUNDAY_7) | 1
     return mask
+
+
+_DOW_TOKENS = {text: _weekdays(mask) for text, mask in _tokens(_DOW).items()}
 
 
 def _parse_dow(text: str) -> tuple[int, frozenset[tuple[int, int]]]:
@@ -217,17 +236,24 @@ def parse_cron(expression: str) -> CalendarSpec:
         )
     current = "second"
     try:
-        seconds = 1 if sec == "0" else _simple(sec, _SECOND)
+        seconds = _SECOND_TOKENS.get(sec) or _simple(sec, _SECOND)
         current = "minute"
-        minutes = _simple(minute, _MINUTE)
+        minutes = _MINUTE_TOKENS.get(minute) or _simple(minute, _MINUTE)
         current = "hour"
-        hours = _simple(hour, _HOUR)
+        hours = _HOUR_TOKENS.get(hour) or _simple(hour, _HOUR)
         current = "day-of-month"
-        dom_days, from_end, last_weekday, nearest = _parse_dom("*" if dom == "?" else dom)
+        dom_days = _DOM_TOKENS.get(dom, 0)
+        from_end = nearest = 0
+        last_weekday = False
+        if not dom_days:
+            dom_days, from_end, last_weekday, nearest = _parse_dom("*" if dom == "?" else dom)
         current = "month"
-        months = _simple(month, _MONTH)
+        months = _MONTH_TOKENS.get(month) or _simple(month, _MONTH)
         current = "day-of-week"
-        dow_days, nth = _parse_dow("*" if dow == "?" else dow)
+        dow_days = _DOW_TOKENS.get(dow, 0)
+        nth = EMPTY_NTH
+        if not dow_days:
+            dow_days, nth = _parse_dow("*" if dow == "?" else dow)
         current = "year"
         years = None if year == "*" else tuple(v + MIN_YEAR for v in bits(_years(year)))
     except _FieldError as exc:

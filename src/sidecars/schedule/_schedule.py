@@ -91,6 +91,18 @@ def _zone(value: str | ZoneInfo, context: str) -> ZoneInfo:
         ) from None
 
 
+def _cron_zone(value: str | ZoneInfo, expression: str) -> ZoneInfo:
+    """:func:`_zone` for a cron expression, building the error context only on an error."""
+    if type(value) is str:
+        try:
+            return ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            pass
+    elif isinstance(value, ZoneInfo):
+        return value
+    return _zone(value, f"invalid cron expression {expression!r}")
+
+
 def _seq(value: object) -> list[object]:
     if isinstance(value, (list, tuple, set, frozenset)):
         return list(value)
@@ -171,8 +183,8 @@ class Schedule:
 
     _evaluator: CronEvaluator | CadenceEvaluator
     _expression: str | None
-    _key: tuple[object, ...]
-    _repr: str
+    _key: tuple[object, ...] | None  # None: a calendar schedule's, built when first needed
+    _repr: str | None  # None: a cron schedule's, built when asked for
     _spec: CalendarSpec | None
     _zone: ZoneInfo
 
@@ -365,7 +377,7 @@ class Schedule:
         spec: CalendarSpec,
         zone: ZoneInfo,
         expression: str | None,
-        text: str,
+        text: str | None,
         evaluator: CronEvaluator | None = None,
     ) -> None:
         # object.__setattr__: instances are immutable once _repr is set (see __setattr__).
@@ -374,7 +386,7 @@ class Schedule:
         setattr_(self, "_zone", zone)
         setattr_(self, "_expression", expression)
         setattr_(self, "_evaluator", evaluator or CronEvaluator(spec, zone))
-        setattr_(self, "_key", ("calendar", spec, _zone_name(zone)))
+        setattr_(self, "_key", None)
         setattr_(self, "_repr", text)
 
     @classmethod
@@ -391,7 +403,7 @@ class Schedule:
         """
         if not isinstance(expression, str):
             raise InvalidSchedule(f"a cron expression must be a str, got {expression!r}")
-        zone = _zone(timezone, f"invalid cron expression {expression!r}")
+        zone = _cron_zone(timezone, expression)
         spec = parse_cron(expression)
         evaluator = CronEvaluator(spec, zone)
         if not evaluator.always_fires_monthly and not can_fire(spec):
@@ -400,13 +412,7 @@ class Schedule:
                 "day-of-month, month, day-of-week and year fields together)"
             )
         self = cls.__new__(cls)
-        self._setup_calendar(
-            spec,
-            zone,
-            expression,
-            f"Schedule.cron({expression!r}, timezone={_zone_name(zone)!r})",
-            evaluator,
-        )
+        self._setup_calendar(spec, zone, expression, None, evaluator)
         return self
 
     # -- properties -----------------------------------------------------------------------
@@ -493,15 +499,23 @@ class Schedule:
     # -- value semantics ------------------------------------------------------------------
 
     def __repr__(self) -> str:
+        if self._repr is None:
+            return f"Schedule.cron({self._expression!r}, timezone={_zone_name(self._zone)!r})"
         return self._repr
+
+    def _value(self) -> tuple[object, ...]:
+        key = self._key
+        if key is None:
+            return ("calendar", self._spec, _zone_name(self._zone))
+        return key
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Schedule):
             return NotImplemented
-        return self._key == other._key
+        return self._value() == other._value()
 
     def __hash__(self) -> int:
-        return hash(self._key)
+        return hash(self._value())
 
     def __setattr__(self, name: str, value: object) -> None:
         if hasattr(self, "_repr"):
