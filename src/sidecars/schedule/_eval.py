@@ -131,11 +131,24 @@ class CronEvaluator:
             fw = self.first_wall(tmin + off)
             return None if fw is None else fw - off
         fixed = self.spec.fixed
-        memo_lo = memo_w = memo_t = 0
-        has_memo = False
-        w: int | None
-        t = tmin
         zone = self.zone
+        t = tmin
+        w: int | None
+        start, prev, off, end = segment(zone, t)
+        if prev == off or not fixed or (prev < off and t > start):
+            # The usual case, no offset change to mind at the start of this stretch.
+            self.steps += 1
+            lo = t + off
+            w = self.first_wall(lo)
+            if w is None:
+                return None
+            if w < end + off:
+                return w - off
+            memo_lo, memo_w, memo_t, has_memo = lo, w, t, True
+            t = end
+        else:
+            memo_lo = memo_w = memo_t = 0
+            has_memo = False
         for _ in range(_STEP_LIMIT):
             self.steps += 1
             if has_memo and memo_t + _JUMP < t < memo_w - _JUMP:
@@ -288,9 +301,13 @@ class CronEvaluator:
             if nxt is None:
                 return None
             y, m, dd = nxt, 1, 0
+        first_year = True
         for _ in range(_STEP_LIMIT):
             self.steps += 1
-            if self._year_possible(y):
+            # The rest of the starting year is searched directly: telling whether a year can
+            # fire at all costs as much, and pays off only for the years skipped after it.
+            if first_year or self._year_possible(y):
+                first_year = False
                 left = months >> m << m
                 leap = y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
                 base = _year_base(y)
@@ -319,9 +336,11 @@ class CronEvaluator:
             if prv is None:
                 return None
             y, m, dd = prv, 12, 32
+        first_year = True
         for _ in range(_STEP_LIMIT):
             self.steps += 1
-            if self._year_possible(y):
+            if first_year or self._year_possible(y):
+                first_year = False
                 left = months & ((2 << m) - 1)
                 leap = y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
                 base = _year_base(y)

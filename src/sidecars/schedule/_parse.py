@@ -126,6 +126,11 @@ def _simple(text: str, fld: _Field) -> int:
     """Mask of a field without L/W/# (the common spellings are looked up before this)."""
     if text.isdigit():
         return 1 << _number(text, fld)
+    first, dash, last = text.partition("-")
+    if dash and first.isdigit() and last.isdigit():  # "a-b", the next most common form
+        start, stop = int(first), int(last)
+        if fld[1] <= start <= stop <= fld[2]:
+            return (1 << (stop + 1)) - (1 << start)
     if "," not in text:
         if not text:
             raise _FieldError(f"empty list member in {text!r}")

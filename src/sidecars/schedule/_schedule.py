@@ -179,13 +179,14 @@ class Schedule:
         InvalidSchedule: a value is out of range or the keywords contradict each other.
     """
 
-    __slots__ = ("_evaluator", "_expression", "_key", "_repr", "_spec", "_zone")
+    # A calendar schedule's spec and value key come from its evaluator; only a cadence sets
+    # _key. A cron schedule's repr (_repr None) is built when asked for.
+    __slots__ = ("_evaluator", "_expression", "_key", "_repr", "_zone")
 
     _evaluator: CronEvaluator | CadenceEvaluator
     _expression: str | None
-    _key: tuple[object, ...] | None  # None: a calendar schedule's, built when first needed
-    _repr: str | None  # None: a cron schedule's, built when asked for
-    _spec: CalendarSpec | None
+    _key: tuple[object, ...]
+    _repr: str | None
     _zone: ZoneInfo
 
     def __init__(
@@ -358,7 +359,6 @@ class Schedule:
                     f"{ctx}: every={every} is longer than a day, so on_weekdays= could skip "
                     "allowed days entirely"
                 )
-        self._spec = None
         self._expression = None
         self._zone = zone
         self._evaluator = CadenceEvaluator(step, anchor_ts, zone, window, weekdays)
@@ -381,13 +381,10 @@ class Schedule:
         evaluator: CronEvaluator | None = None,
     ) -> None:
         # object.__setattr__: instances are immutable once _repr is set (see __setattr__).
-        setattr_ = object.__setattr__
-        setattr_(self, "_spec", spec)
-        setattr_(self, "_zone", zone)
-        setattr_(self, "_expression", expression)
-        setattr_(self, "_evaluator", evaluator or CronEvaluator(spec, zone))
-        setattr_(self, "_key", None)
-        setattr_(self, "_repr", text)
+        _set(self, "_zone", zone)
+        _set(self, "_expression", expression)
+        _set(self, "_evaluator", evaluator or CronEvaluator(spec, zone))
+        _set(self, "_repr", text)
 
     @classmethod
     def cron(cls, expression: str, timezone: str | ZoneInfo = "UTC") -> Schedule:
@@ -453,7 +450,11 @@ class Schedule:
         Raises:
             ValueError: ``dt`` is naive.
         """
-        t = self._evaluator.next_instant(math.floor(_timestamp(dt)) + 1)
+        if dt.__class__ is datetime and dt.tzinfo.__class__ is ZoneInfo:
+            ts = dt.timestamp()  # aware: a ZoneInfo always gives an offset
+        else:
+            ts = _timestamp(dt)
+        t = self._evaluator.next_instant(math.floor(ts) + 1)
         return None if t is None else datetime.fromtimestamp(t, self._zone)
 
     def previous_before(self, dt: datetime, /) -> datetime | None:
@@ -503,11 +504,16 @@ class Schedule:
             return f"Schedule.cron({self._expression!r}, timezone={_zone_name(self._zone)!r})"
         return self._repr
 
+    @property
+    def _spec(self) -> CalendarSpec | None:
+        ev = self._evaluator
+        return ev.spec if isinstance(ev, CronEvaluator) else None
+
     def _value(self) -> tuple[object, ...]:
-        key = self._key
-        if key is None:
-            return ("calendar", self._spec, _zone_name(self._zone))
-        return key
+        ev = self._evaluator
+        if isinstance(ev, CronEvaluator):
+            return ("calendar", ev.spec, _zone_name(self._zone))
+        return self._key
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Schedule):
@@ -524,6 +530,9 @@ class Schedule:
 
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable")
+
+
+_set = object.__setattr__
 
 
 def _is_pair(value: object) -> bool:

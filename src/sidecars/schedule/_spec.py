@@ -335,6 +335,9 @@ def can_fire(spec: CalendarSpec) -> bool:
     """
     months = spec.month_mask
     if spec.years is None:
+        longest = 31 if months & _THIRTY_ONE else 30 if months & _THIRTY else 29
+        if spec.dom_mask & _FULL[longest] and (spec.dow_mask == ALL_DOW or not spec.day_and):
+            return True  # a plain day of the month that the longest allowed month has
         lengths: list[int] = []
         if months & _THIRTY_ONE:
             lengths.append(31)

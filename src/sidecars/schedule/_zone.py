@@ -74,12 +74,19 @@ def _year_table(
     return start, end, initial, tuple(instants), tuple(changes)
 
 
+# The stretch each zone answered last: successive calls mostly fall in the same one.
+_LAST: dict[ZoneInfo, tuple[int, int, int, int]] = {}
+
+
 def segment(zone: ZoneInfo, t: int) -> tuple[int, int, int, int]:
     """The stretch of constant offset holding instant ``t``: ``(start, prev, offset, end)``.
 
     ``start <= t < end``; ``prev`` is the offset just before ``start`` (equal to ``offset``
     when ``start`` is only a year boundary, not a real transition).
     """
+    last = _LAST.get(zone)
+    if last is not None and last[0] <= t < last[3]:
+        return last
     year = _utc_year(t)
     start, end, initial, instants, changes = _year_table(zone, year)
     i = bisect_right(instants, t)
@@ -90,7 +97,10 @@ def segment(zone: ZoneInfo, t: int) -> tuple[int, int, int, int]:
         seg_start = start
         prev = off = initial
     seg_end = instants[i] if i < len(instants) else end
-    return seg_start, prev, off, seg_end
+    if len(_LAST) >= 256:
+        _LAST.clear()
+    found = _LAST[zone] = (seg_start, prev, off, seg_end)
+    return found
 
 
 def _utc_year(t: int) -> int:
