@@ -33,7 +33,7 @@ from ._pg_schema import MIGRATIONS, MIGRATIONS_TABLE, quote_schema
 
 __all__ = ("PostgresStore",)
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 # A NOTIFY payload must stay under 8000 bytes; past this the payload is left empty, which
 # listeners read as "any handle".
@@ -470,7 +470,7 @@ class PostgresStore:
             f"PostgreSQL store (schema {self.schema!r}) could not {what}: {exc}"
         )
 
-    async def _write(self, what: str, body: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    async def _write(self, what: str, body: Callable[[asyncpg.Connection], Awaitable[_T]]) -> _T:
         """Run ``body`` on a pooled connection, shielded from cancellation.
 
         A cancelled caller is stopped before the statement is sent; once sent, the call
