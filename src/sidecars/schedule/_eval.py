@@ -3,8 +3,9 @@
 Calendar schedules are matched on the local wall clock, written as integer "wall seconds"
 (the local date and time read as if it were UTC). Between two offset changes the wall
 clock is the instant plus a constant offset, so the evaluator walks stretches of constant
-offset (:func:`segment`) and, inside one, finds the first matching wall time with bisection
-over sorted tuples. The DST policy lives at the edges of a stretch:
+offset (:func:`segment`) and, inside one, finds the first matching wall time with bit
+operations on the spec's masks (the next allowed value at or after ``v`` is the lowest set
+bit of ``mask >> v``). The DST policy lives at the edges of a stretch:
 
 * after a jump forward, a fixed local time that fell in the gap fires once, at the first
   instant after the gap (the stretch's start);
