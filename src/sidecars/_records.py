@@ -48,6 +48,7 @@ class Outcome(str, Enum):
     TIMEOUT = "timeout"
     SHUTDOWN = "shutdown"
     LEASE_LOST = "lease_lost"
+    CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,7 +58,8 @@ class JobRef:
     Attributes:
         id: the job's id (a UUID, for memory jobs too).
         handle: the sidecar the job belongs to.
-        created: False when an existing job was returned instead of a new one.
+        created: False when an existing job was returned instead of a new one (a unique
+            ``key`` whose job is still queued).
     """
 
     id: UUID
@@ -85,6 +87,7 @@ class JobInfo:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     error: str | None = None
+    key: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

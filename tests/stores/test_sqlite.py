@@ -143,7 +143,7 @@ class TestLifecycle:
             rows = conn.execute("SELECT version, applied_at FROM sidecars_migrations").fetchall()
         finally:
             conn.close()
-        assert [r[0] for r in rows] == [1, 2]
+        assert [r[0] for r in rows] == [v for v, _ in MIGRATIONS]
         assert rows[0][1] > 0
 
     async def test_newer_schema_refused(self, tmp_path: Path) -> None:
@@ -241,7 +241,7 @@ class TestGroupCommit:
                     tg.start_soon(enqueue, i == 4)
                 await anyio.wait_all_tasks_blocked()
                 assert store._pending is not None
-                assert len(store._pending.rows) == 10
+                assert len(store._pending.jobs) == 10
                 store._lock.release()
             assert len(errors) == 10
             assert await store.next_wakeup(["h"]) == NOW  # only the first job is stored
@@ -333,7 +333,7 @@ class TestFires:
             }
         finally:
             conn.close()
-        assert versions == [1, 2]
+        assert versions == [v for v, _ in MIGRATIONS]
         assert {"sidecars_fires_overlap", "sidecars_fires_age"} <= indexes
 
     async def test_connections_race_for_one_fire(self, tmp_path: Path) -> None:

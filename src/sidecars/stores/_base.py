@@ -18,7 +18,7 @@ from enum import Enum
 from typing import Protocol, runtime_checkable
 from uuid import UUID
 
-from .._records import JobInfo, JobState, Outcome
+from .._records import JobInfo, JobRef, JobState, Outcome
 
 __all__ = (
     "ClaimedJob",
@@ -45,6 +45,8 @@ class NewJob:
         run_at: when the job becomes due (epoch seconds).
         created_at: when it was enqueued (epoch seconds).
         max_attempts: how many claims the job may have in all before it fails.
+        key: a uniqueness key: while a queued job of the same handle has this key, the
+            store does not insert this one and answers with the queued job's id instead.
     """
 
     id: UUID
@@ -53,6 +55,7 @@ class NewJob:
     run_at: float
     created_at: float
     max_attempts: int
+    key: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -179,7 +182,13 @@ class Store(Protocol):
     Semantics every implementation meets (checked by the contract suite in
     ``tests/stores/``):
 
-    - ``enqueue`` returns only once every job is durably stored.
+    - ``enqueue`` returns only once every job is durably stored, with one
+      :class:`~sidecars.JobRef` per job in order: ``created=True`` for a job inserted;
+      ``created=False`` with the id of the job already queued (not yet started) with the
+      same handle and ``key``, for a keyed job not inserted. The rule is enforced by the
+      store (a partial unique index over queued jobs), so it holds across processes; within
+      one batch, a later job with the key of an earlier one gets the earlier one's id; one
+      conflicting job never fails the others.
     - ``claim`` returns up to ``limit`` jobs of the given handles that are due (queued with
       ``run_at <= now``) or whose lease has expired (running with ``lease_until <= now``),
       oldest due first, each with ``attempt`` counted up by one, a new token, and state
@@ -215,8 +224,8 @@ class Store(Protocol):
         """Release connections. Safe to call more than once."""
         ...
 
-    async def enqueue(self, jobs: Sequence[NewJob]) -> None:
-        """Insert jobs durably."""
+    async def enqueue(self, jobs: Sequence[NewJob]) -> list[JobRef]:
+        """Insert jobs durably; one reference per job, in order (see the class docs)."""
         ...
 
     async def claim(
@@ -239,6 +248,24 @@ class Store(Protocol):
 
     async def get_job(self, job_id: UUID) -> JobInfo | None:
         """Read one job, or None."""
+        ...
+
+    async def cancel(self, job_id: UUID, *, now: float) -> JobState | None:
+        """Cancel a queued job: state cancelled, finished at ``now``, token cleared.
+
+        Returns:
+            The job's state afterwards (``CANCELLED`` when it was queued; ``RUNNING`` or a
+            finished state are returned unchanged: a running job is cancelled by its
+            runner), or None for an unknown id.
+        """
+        ...
+
+    async def retry(self, job_id: UUID, *, now: float) -> bool:
+        """Queue a failed or cancelled job again, due at ``now``, its attempts reset to 0.
+
+        Returns:
+            True if the job was failed or cancelled and is now queued.
+        """
         ...
 
     async def next_wakeup(self, handles: Sequence[str]) -> float | None:

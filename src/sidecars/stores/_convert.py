@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from enum import Enum
-from uuid import uuid4
+from uuid import UUID, uuid4
 
-from .._records import JobState, Outcome
-from ._base import FireClaim, FireRequest, FireStatus
+from .._records import JobRef, JobState, Outcome
+from ._base import FireClaim, FireRequest, FireStatus, NewJob
 
 __all__ = (
     "LEASE_LOST_ERROR",
+    "SUPERSEDED_ERROR",
     "FireRow",
     "FireState",
+    "KeyPlan",
     "check_finish_state",
     "decide_fire",
     "to_datetime",
@@ -21,6 +24,48 @@ __all__ = (
 
 LEASE_LOST_ERROR = "the lease expired after the last allowed attempt"
 """The error recorded on a job or fire failed because its last lease expired."""
+
+SUPERSEDED_ERROR = "superseded: another queued job of this handle holds the same key"
+"""The error recorded on a keyed job that could not go back to the queue (a retry after a
+failed run, or a release at shutdown) because a newer job with its key was queued meanwhile:
+that job does the work, so this one ends cancelled rather than breaking the key's rule."""
+
+
+class KeyPlan:
+    """The jobs of one enqueue batch to send to the store, with the key rule within it.
+
+    A keyed job whose (handle, key) an earlier job of the batch already has is not sent: it
+    answers with the earlier job's id. :attr:`unique` are the jobs to insert, in order;
+    :meth:`refs` turns one answer per unique job into one reference per batch job.
+    """
+
+    __slots__ = ("jobs", "owners", "unique")
+
+    def __init__(self, jobs: Sequence[NewJob]) -> None:
+        self.jobs = jobs
+        self.unique: list[NewJob] = []
+        # Per batch job: the position in `unique` of the job whose answer it shares.
+        self.owners: list[int] = []
+        firsts: dict[tuple[str, str], int] = {}
+        for job in jobs:
+            if job.key is not None:
+                owner = firsts.get((job.handle, job.key))
+                if owner is not None:
+                    self.owners.append(owner)
+                    continue
+                firsts[(job.handle, job.key)] = len(self.unique)
+            self.owners.append(len(self.unique))
+            self.unique.append(job)
+
+    def refs(self, answers: Sequence[tuple[UUID, bool]]) -> list[JobRef]:
+        """One reference per batch job from ``(id, created)`` per unique job."""
+        refs: list[JobRef] = []
+        seen: set[int] = set()
+        for job, owner in zip(self.jobs, self.owners, strict=True):
+            job_id, created = answers[owner]
+            refs.append(JobRef(id=job_id, handle=job.handle, created=created and owner not in seen))
+            seen.add(owner)
+        return refs
 
 
 def to_datetime(epoch: float) -> datetime:

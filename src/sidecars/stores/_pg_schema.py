@@ -105,5 +105,18 @@ _V1 = (
     """,
 )
 
-MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = ((1, _V1),)
+_V2 = (
+    # Nullable without a default: PostgreSQL adds the column without rewriting the table.
+    """
+    ALTER TABLE {s}.jobs ADD COLUMN key text
+    """,
+    # The unique-jobs rule lives here, so replicas agree: at most one queued job per
+    # (handle, key). A claimed job leaves the index, and the key may be queued again.
+    """
+    CREATE UNIQUE INDEX jobs_key ON {s}.jobs (handle, key)
+        WHERE state = 'queued' AND key IS NOT NULL
+    """,
+)
+
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = ((1, _V1), (2, _V2))
 """``(version, statements)`` pairs in ascending order."""

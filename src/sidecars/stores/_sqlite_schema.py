@@ -2,8 +2,7 @@
 
 Each migration is a tuple of statements applied in one transaction together with its row in
 ``sidecars_migrations``. Migrations are append-only: a released one is never edited, a change
-is a new number. Version 2 adds the fires table; a later number will add a ``key`` column
-(unique jobs).
+is a new number. Version 2 adds the fires table; version 3 the ``key`` column of unique jobs.
 """
 
 from __future__ import annotations
@@ -81,5 +80,19 @@ _V2 = (
     """,
 )
 
-MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = ((1, _V1), (2, _V2))
+_V3 = (
+    # Nullable, so existing rows need no rewrite: ADD COLUMN only changes the schema text.
+    """
+    ALTER TABLE sidecars_jobs ADD COLUMN key TEXT
+    """,
+    # The unique-jobs rule lives here, not in Python, so processes sharing the file agree:
+    # at most one queued job per (handle, key). Once a job is claimed it leaves the index,
+    # and the same key may be queued again.
+    """
+    CREATE UNIQUE INDEX sidecars_jobs_key ON sidecars_jobs (handle, key)
+        WHERE state = 'queued' AND key IS NOT NULL
+    """,
+)
+
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = ((1, _V1), (2, _V2), (3, _V3))
 """``(version, statements)`` pairs in ascending order."""

@@ -9,12 +9,14 @@ from uuid import UUID, uuid4
 
 import anyio.lowlevel
 
-from .._records import JobInfo, JobState, Outcome, RunType
+from .._records import JobInfo, JobRef, JobState, Outcome, RunType
 from ._base import ClaimedJob, Finish, FireClaim, FireLease, FireRequest, Lease, NewJob
 from ._convert import (
     LEASE_LOST_ERROR,
+    SUPERSEDED_ERROR,
     FireRow,
     FireState,
+    KeyPlan,
     check_finish_state,
     decide_fire,
     to_datetime,
@@ -39,6 +41,7 @@ class _Row:
     lease_until: float | None = None
     token: str | None = None
     error: str | None = None
+    key: str | None = None
 
     def holds(self, token: str) -> bool:
         return self.state is JobState.RUNNING and self.token == token
@@ -57,6 +60,8 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._jobs: dict[UUID, _Row] = {}
+        # The unique index of the SQL stores: (handle, key) of each queued keyed job.
+        self._queued_keys: dict[tuple[str, str], UUID] = {}
         # Fire rows by handle, then instant: the overlap check walks one handle's rows only.
         self._fires: dict[str, dict[int, FireRow]] = {}
 
@@ -68,8 +73,11 @@ class MemoryStore:
         """Do nothing: the jobs are kept so a test can still read them."""
         await anyio.lowlevel.checkpoint()
 
-    async def enqueue(self, jobs: Sequence[NewJob]) -> None:
-        """Insert jobs, all or none.
+    async def enqueue(self, jobs: Sequence[NewJob]) -> list[JobRef]:
+        """Insert jobs, all or none; one reference per job, in order.
+
+        A keyed job whose (handle, key) a queued job holds (or an earlier job of the batch)
+        is not inserted: its reference carries that job's id and ``created=False``.
 
         Raises:
             ValueError: a job id already exists (or appears twice in ``jobs``).
@@ -78,15 +86,26 @@ class MemoryStore:
         ids = [job.id for job in jobs]
         if len(set(ids)) != len(ids) or any(job_id in self._jobs for job_id in ids):
             raise ValueError("a job id in this batch already exists")
-        for job in jobs:
-            self._jobs[job.id] = _Row(
+        plan = KeyPlan(jobs)
+        answers: list[tuple[UUID, bool]] = []
+        for job in plan.unique:
+            holder = None if job.key is None else self._queued_keys.get((job.handle, job.key))
+            if holder is not None:
+                answers.append((holder, False))
+                continue
+            row = _Row(
                 id=job.id,
                 handle=job.handle,
                 payload=job.payload,
                 max_attempts=job.max_attempts,
                 run_at=job.run_at,
                 created_at=job.created_at,
+                key=job.key,
             )
+            self._jobs[job.id] = row
+            self._enter_queue(row)
+            answers.append((job.id, True))
+        return plan.refs(answers)
 
     async def claim(
         self, handles: Sequence[str], limit: int, *, now: float, lease: float
@@ -115,6 +134,7 @@ class MemoryStore:
         token = uuid4().hex
         claimed: list[ClaimedJob] = []
         for row in due[:limit]:
+            self._leave_queue(row)
             row.state = JobState.RUNNING
             row.attempts += 1
             row.token = token
@@ -159,6 +179,10 @@ class MemoryStore:
             row = self._jobs.get(result.id)
             if row is None or not row.holds(result.token):
                 continue
+            applied.add(result.id)
+            if result.state is JobState.QUEUED and self._key_taken(row):
+                _supersede(row, result.finished_at)
+                continue
             row.state = result.state
             row.outcome = result.outcome
             row.error = result.error
@@ -167,9 +191,9 @@ class MemoryStore:
             if result.state is JobState.QUEUED:
                 row.run_at = result.finished_at if result.retry_at is None else result.retry_at
                 row.finished_at = None
+                self._enter_queue(row)
             else:
                 row.finished_at = result.finished_at
-            applied.add(result.id)
         return applied
 
     async def release(self, leases: Sequence[Lease], *, now: float) -> None:
@@ -178,11 +202,15 @@ class MemoryStore:
         for item in leases:
             row = self._jobs.get(item.id)
             if row is not None and row.holds(item.token):
+                if self._key_taken(row):
+                    _supersede(row, now)
+                    continue
                 row.state = JobState.QUEUED
                 row.token = None
                 row.lease_until = None
                 row.run_at = now
                 row.attempts = max(row.attempts - 1, 0)
+                self._enter_queue(row)
 
     async def get_job(self, job_id: UUID) -> JobInfo | None:
         """Read one job, or None if the id is unknown."""
@@ -204,7 +232,51 @@ class MemoryStore:
             started_at=None if row.started_at is None else to_datetime(row.started_at),
             finished_at=None if row.finished_at is None else to_datetime(row.finished_at),
             error=row.error,
+            key=row.key,
         )
+
+    async def cancel(self, job_id: UUID, *, now: float) -> JobState | None:
+        """Cancel a queued job; return its state afterwards, or None for an unknown id.
+
+        A running job is left to its runner (the answer is ``RUNNING``); a finished one is
+        left as it is (the answer is its state).
+        """
+        await anyio.lowlevel.checkpoint()
+        row = self._jobs.get(job_id)
+        if row is None:
+            return None
+        if row.state is JobState.QUEUED:
+            self._leave_queue(row)
+            row.state = JobState.CANCELLED
+            row.outcome = Outcome.CANCELLED
+            row.finished_at = now
+            row.token = None
+            row.lease_until = None
+        return row.state
+
+    async def retry(self, job_id: UUID, *, now: float) -> bool:
+        """Queue a failed or cancelled job again, due at ``now``, its attempts reset to 0.
+
+        The outcome and error of the last run stay until the next run ends.
+
+        Returns:
+            True if the job is queued again; False if it was in another state, is unknown,
+            or has a key that another queued job of its handle holds (it is left as it is).
+        """
+        await anyio.lowlevel.checkpoint()
+        row = self._jobs.get(job_id)
+        if row is None or row.state not in (JobState.FAILED, JobState.CANCELLED):
+            return False
+        if self._key_taken(row):
+            return False
+        row.state = JobState.QUEUED
+        row.run_at = now
+        row.attempts = 0
+        row.token = None
+        row.lease_until = None
+        row.finished_at = None
+        self._enter_queue(row)
+        return True
 
     async def next_wakeup(self, handles: Sequence[str]) -> float | None:
         """The earliest time a job of ``handles`` becomes claimable, or None."""
@@ -316,10 +388,34 @@ class MemoryStore:
                 del self._fires[handle]
         return pruned
 
+    def _key_taken(self, row: _Row) -> bool:
+        """True if another job holds ``row``'s key in the queue (it cannot be queued)."""
+        if row.key is None:
+            return False
+        holder = self._queued_keys.get((row.handle, row.key))
+        return holder is not None and holder != row.id
+
+    def _enter_queue(self, row: _Row) -> None:
+        if row.key is not None:
+            self._queued_keys[(row.handle, row.key)] = row.id
+
+    def _leave_queue(self, row: _Row) -> None:
+        if row.key is not None and self._queued_keys.get((row.handle, row.key)) == row.id:
+            del self._queued_keys[(row.handle, row.key)]
+
     def _fire(self, lease: FireLease) -> FireRow | None:
         """The row of ``lease`` if it still runs under that lease's token."""
         row = self._fires.get(lease.handle, {}).get(lease.fire_at)
         return row if row is not None and row.holds(lease.token) else None
+
+
+def _supersede(row: _Row, now: float) -> None:
+    row.state = JobState.CANCELLED
+    row.outcome = Outcome.CANCELLED
+    row.error = SUPERSEDED_ERROR
+    row.finished_at = now
+    row.token = None
+    row.lease_until = None
 
 
 def _fail_lease_lost(row: _Row, now: float) -> None:

@@ -18,13 +18,15 @@ import anyio
 import anyio.lowlevel
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 
-from .._records import JobInfo, JobState, Outcome, RunType
+from .._records import JobInfo, JobRef, JobState, Outcome, RunType
 from ..exceptions import StoreUnavailable
 from ._base import ClaimedJob, Finish, FireClaim, FireLease, FireRequest, Lease, NewJob
 from ._convert import (
     LEASE_LOST_ERROR,
+    SUPERSEDED_ERROR,
     FireRow,
     FireState,
+    KeyPlan,
     check_finish_state,
     decide_fire,
     to_datetime,
@@ -45,6 +47,13 @@ _PRUNE_BATCH = 1000
 
 _FINISHED = "('succeeded', 'failed', 'cancelled')"
 
+# Rounds of insert-then-read for keyed jobs: a round repeats only when the queued job that
+# made an insert skip was claimed before its id could be read back.
+_KEY_ROUNDS = 5
+
+# The conflict target of a small batch: the key index only, so a taken id still raises.
+_ON_KEY = "ON CONFLICT (handle, key) WHERE state = 'queued' AND key IS NOT NULL DO NOTHING"
+
 _NOTIFY_HANDLES = f"""
 SELECT pg_notify($1, CASE WHEN octet_length(x) < {_MAX_NOTIFY_PAYLOAD} THEN x ELSE '' END)
 FROM (SELECT string_agg(DISTINCT handle, E'\\n') AS x FROM {{source}}) AS a
@@ -59,28 +68,43 @@ class _Sql:
         notify = _NOTIFY_HANDLES.format(source="ins")
         # One statement: the insert and its NOTIFY commit together (PostgreSQL delivers a
         # notification only when its transaction commits, and a rolled-back one never).
-        self.insert = f"""
+        # It returns the inserted ids, and one NULL row when it notified (the UNION ALL is
+        # what makes the NOTIFY part run at all).
+        insert = f"""
 WITH ins AS (
     INSERT INTO {s}.jobs (id, handle, state, payload, attempts, max_attempts, run_at,
-        created_at)
-    SELECT i, h, 'queued', p::jsonb, 0, m, r, c
+        created_at, key)
+    SELECT i, h, 'queued', p::jsonb, 0, m, r, c, k
     FROM unnest($2::uuid[], $3::text[], $4::text[], $5::integer[], $6::float8[],
-        $7::float8[]) AS t(i, h, p, m, r, c)
-    RETURNING handle
-)
-{notify}"""
+        $7::float8[], $8::text[]) AS t(i, h, p, m, r, c, k)
+    {{conflict}}
+    RETURNING id, handle
+),
+note AS ({notify})
+SELECT id FROM ins UNION ALL SELECT NULL::uuid FROM note
+"""
+        self.insert = insert.format(conflict=_ON_KEY)
+        # For COPY batches, which skip taken ids as well.
+        self.insert_any = insert.format(conflict="ON CONFLICT DO NOTHING")
+        self.key_holders = f"""
+SELECT handle, key, id FROM {s}.jobs
+WHERE state = 'queued' AND key IS NOT NULL
+    AND (handle, key) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+"""
         self.stage = """
 CREATE TEMP TABLE sidecars_staging (
     id uuid, handle text, payload text, max_attempts integer, run_at float8,
-    created_at float8
+    created_at float8, key text
 ) ON COMMIT DROP
 """
+        # Any conflict skips the row: a taken id (a retried batch) or a taken key.
         self.from_stage = f"""
 INSERT INTO {s}.jobs (id, handle, state, payload, attempts, max_attempts, run_at,
-    created_at)
-SELECT id, handle, 'queued', payload::jsonb, 0, max_attempts, run_at, created_at
+    created_at, key)
+SELECT id, handle, 'queued', payload::jsonb, 0, max_attempts, run_at, created_at, key
 FROM sidecars_staging
-ON CONFLICT (id) DO NOTHING
+ON CONFLICT DO NOTHING
+RETURNING id
 """
         self.notify_stage = _NOTIFY_HANDLES.format(source="sidecars_staging")
         # Exhausted expired leases fail first, in the same statement (data-modifying CTEs
@@ -132,7 +156,11 @@ FROM unnest($2::uuid[], $3::text[]) AS l(id, token)
 WHERE j.id = l.id AND j.token = l.token AND j.state = 'running'
 RETURNING j.id
 """
-        self.finish = f"""
+        # A keyed job going back to the queue may meet a newer queued job with its key,
+        # which would fail the whole statement: the batch statements leave those rows to
+        # the one-row statements (no filter), each run in a savepoint of its own.
+        keyed_requeue = "AND NOT (r.state = 'queued' AND j.key IS NOT NULL)"
+        finish = f"""
 UPDATE {s}.jobs AS j
 SET state = r.state, outcome = r.outcome, error = r.error,
     finished_at = CASE WHEN r.state = 'queued' THEN NULL ELSE r.finished_at END,
@@ -141,23 +169,55 @@ SET state = r.state, outcome = r.outcome, error = r.error,
     token = NULL, lease_until = NULL
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::text[],
     $7::float8[]) AS r(id, token, state, outcome, finished_at, error, retry_at)
-WHERE j.id = r.id AND j.token = r.token AND j.state = 'running'
+WHERE j.id = r.id AND j.token = r.token AND j.state = 'running' {{only}}
 RETURNING j.id
 """
+        self.finish = finish.format(only=keyed_requeue)
+        self.finish_one = finish.format(only="")
         # Released jobs are due at once: tell the other replicas, as an enqueue would.
-        self.release = f"""
+        release = f"""
 WITH rel AS (
     UPDATE {s}.jobs AS j
     SET state = 'queued', token = NULL, lease_until = NULL, run_at = $2,
         attempts = greatest(j.attempts - 1, 0)
     FROM unnest($3::uuid[], $4::text[]) AS l(id, token)
-    WHERE j.id = l.id AND j.token = l.token AND j.state = 'running'
+    WHERE j.id = l.id AND j.token = l.token AND j.state = 'running' {{only}}
     RETURNING j.handle
 )
 {_NOTIFY_HANDLES.format(source="rel")}"""
+        self.release = release.format(only="AND j.key IS NULL")
+        self.release_one = release.format(only="")
+        self.held_keyed = f"""
+SELECT j.id, j.token FROM {s}.jobs AS j
+JOIN unnest($1::uuid[], $2::text[]) AS l(id, token) ON j.id = l.id AND j.token = l.token
+WHERE j.state = 'running' AND j.key IS NOT NULL
+"""
+        self.supersede = f"""
+UPDATE {s}.jobs
+SET state = 'cancelled', outcome = 'cancelled', error = $1, finished_at = $2, token = NULL,
+    lease_until = NULL
+WHERE id = $3 AND token = $4 AND state = 'running'
+RETURNING id
+"""
+        self.cancel = f"""
+UPDATE {s}.jobs
+SET state = 'cancelled', outcome = 'cancelled', finished_at = $2, token = NULL,
+    lease_until = NULL
+WHERE id = $1 AND state = 'queued'
+RETURNING state
+"""
+        self.state = f"SELECT state FROM {s}.jobs WHERE id = $1"
+        self.retry = f"""
+UPDATE {s}.jobs
+SET state = 'queued', run_at = $2, attempts = 0, token = NULL, lease_until = NULL,
+    finished_at = NULL
+WHERE id = $1 AND state IN ('failed', 'cancelled')
+RETURNING handle
+"""
+        self.notify = "SELECT pg_notify($1, $2)"
         self.get_job = f"""
 SELECT id, handle, state, outcome, payload::text, attempts, max_attempts, run_at,
-    created_at, started_at, finished_at, error
+    created_at, started_at, finished_at, error, key
 FROM {s}.jobs WHERE id = $1
 """
         self.next_wakeup = f"""
@@ -252,10 +312,11 @@ SELECT count(*) FROM d
 class _Batch:
     """Jobs of concurrent ``enqueue`` calls that commit together."""
 
-    __slots__ = ("done", "error", "jobs")
+    __slots__ = ("done", "error", "jobs", "refs")
 
     def __init__(self) -> None:
         self.jobs: list[NewJob] = []
+        self.refs: list[JobRef] = []
         self.done = anyio.Event()
         self.error: BaseException | None = None
 
@@ -504,13 +565,15 @@ class PostgresStore:
 
     # -- enqueue ---------------------------------------------------------------------
 
-    async def enqueue(self, jobs: Sequence[NewJob]) -> None:
-        """Insert jobs durably; return once they are committed.
+    async def enqueue(self, jobs: Sequence[NewJob]) -> list[JobRef]:
+        """Insert jobs durably; return once they are committed, one reference per job.
 
         Calls made while a commit is in flight are gathered and committed together by the
-        next one, in one statement. An error fails the whole group and is raised to every
-        caller in it. A batch of at least ``copy_threshold`` jobs goes through
-        :meth:`bulk_enqueue` instead, which skips ids that already exist.
+        next one, in one statement. An error (a taken id) fails the whole group and is
+        raised to every caller in it; a taken key does not: its job answers with the queued
+        job's id and ``created=False``. A batch of at least ``copy_threshold`` jobs goes
+        through ``COPY`` instead (see :meth:`bulk_enqueue`), which skips ids that already
+        exist (their references say ``created=False``).
 
         Raises:
             ValueError: a job id already exists (or appears twice in the group).
@@ -518,20 +581,26 @@ class PostgresStore:
         """
         await anyio.lowlevel.checkpoint_if_cancelled()
         if not jobs:
-            return
+            return []
         if len(jobs) >= self.copy_threshold:
-            await self.bulk_enqueue(jobs)
-            return
+
+            async def copy(conn: asyncpg.Connection) -> list[JobRef]:
+                return await self._copy(conn, jobs)
+
+            return await self._write("bulk enqueue", copy)
         batch = self._pending
         if batch is not None:
+            start = len(batch.jobs)
             batch.jobs.extend(jobs)
             await batch.done.wait()
         else:
             batch = self._pending = _Batch()
+            start = 0
             batch.jobs.extend(jobs)
             await self._flush(batch)
         if batch.error is not None:
             raise batch.error
+        return batch.refs[start : start + len(jobs)]
 
     async def _flush(self, batch: _Batch) -> None:
         try:
@@ -542,10 +611,10 @@ class PostgresStore:
                     if self._pending is batch:
                         self._pending = None
 
-                    async def body(conn: asyncpg.Connection) -> None:
-                        await self._insert(conn, batch.jobs)
+                    async def body(conn: asyncpg.Connection) -> list[JobRef]:
+                        return await self._insert(conn, batch.jobs)
 
-                    await self._write("enqueue", body)
+                    batch.refs = await self._write("enqueue", body)
         except Exception as exc:
             batch.error = exc
         except BaseException:
@@ -556,13 +625,19 @@ class PostgresStore:
                 self._pending = None
             batch.done.set()
 
-    async def enqueue_in(self, connection: asyncpg.Connection, jobs: Sequence[NewJob]) -> None:
+    async def enqueue_in(
+        self, connection: asyncpg.Connection, jobs: Sequence[NewJob]
+    ) -> list[JobRef]:
         """Insert jobs on the caller's own asyncpg connection, inside its transaction.
 
         Run inside ``async with connection.transaction():`` the jobs exist if and only if
         that transaction commits, and the wake-up is sent on commit. Outside a transaction
         the insert commits at once. Batches of at least ``copy_threshold`` jobs use
-        ``COPY`` (in a savepoint) and skip ids that already exist.
+        ``COPY`` (in a savepoint) and skip ids that already exist. Keys work as with
+        :meth:`enqueue`; a batch with keys runs in a savepoint of its own.
+
+        Returns:
+            One reference per job, in order.
 
         Raises:
             ValueError: a job id already exists (smaller batches only).
@@ -570,12 +645,11 @@ class PostgresStore:
                 first).
         """
         if not jobs:
-            return
+            return []
         await self._ready()
         if len(jobs) >= self.copy_threshold:
-            await self._copy(connection, jobs)
-        else:
-            await self._insert(connection, jobs)
+            return await self._copy(connection, jobs)
+        return await self._insert(connection, jobs)
 
     async def bulk_enqueue(
         self, jobs: Sequence[NewJob], *, connection: asyncpg.Connection | None = None
@@ -583,9 +657,10 @@ class PostgresStore:
         """Insert many jobs through ``COPY``; return how many were new.
 
         The rows are copied into a temporary staging table, then inserted with
-        ``ON CONFLICT DO NOTHING``: a job whose id already exists (a retried batch) is
-        skipped rather than failing the batch. One transaction and one ``NOTIFY`` for
-        the lot. With ``connection``, runs on it (inside its transaction, if any).
+        ``ON CONFLICT DO NOTHING``: a job whose id already exists (a retried batch), or
+        whose key a queued job holds, is skipped rather than failing the batch. One
+        transaction and one ``NOTIFY`` for the lot. With ``connection``, runs on it (inside
+        its transaction, if any).
 
         Raises:
             StoreUnavailable: the server cannot be reached.
@@ -594,33 +669,109 @@ class PostgresStore:
             return 0
         if connection is not None:
             await self._ready()
-            return await self._copy(connection, jobs)
+            refs = await self._copy(connection, jobs)
+        else:
 
-        async def body(conn: asyncpg.Connection) -> int:
-            return await self._copy(conn, jobs)
+            async def body(conn: asyncpg.Connection) -> list[JobRef]:
+                return await self._copy(conn, jobs)
 
-        return await self._write("bulk enqueue", body)
+            refs = await self._write("bulk enqueue", body)
+        return sum(ref.created for ref in refs)
 
-    async def _insert(self, conn: asyncpg.Connection, jobs: Sequence[NewJob]) -> None:
+    async def _insert(self, conn: asyncpg.Connection, jobs: Sequence[NewJob]) -> list[JobRef]:
+        plan = KeyPlan(jobs)
+        keyed = [job for job in plan.unique if job.key is not None]
         try:
-            await conn.execute(
-                self._sql.insert,
-                self.channel,
-                [job.id for job in jobs],
-                [job.handle for job in jobs],
-                [job.payload for job in jobs],
-                [job.max_attempts for job in jobs],
-                [job.run_at for job in jobs],
-                [job.created_at for job in jobs],
-            )
+            if not keyed:
+                # The common case stays one statement, with no transaction of its own.
+                await self._insert_rows(conn, self._sql.insert, plan.unique)
+                return plan.refs([(job.id, True) for job in plan.unique])
+            # Keyed rows in key order, so two batches sharing keys wait on each other's
+            # rows in the same order rather than deadlocking.
+            ordered = [job for job in plan.unique if job.key is None]
+            ordered += sorted(keyed, key=lambda job: (job.handle, job.key or ""))
+            async with conn.transaction():
+                inserted = await self._insert_rows(conn, self._sql.insert, ordered)
+                holders = await self._settle_keys(conn, keyed, inserted, self._sql.insert)
         except asyncpg.UniqueViolationError as exc:
             raise ValueError(f"cannot enqueue this batch (is a job id taken?): {exc}") from exc
+        missing = [job for job in keyed if (job.handle, job.key) not in holders]
+        if missing:
+            raise StoreUnavailable(
+                f"PostgreSQL store (schema {self.schema!r}) could not enqueue: the queued "
+                f"job of key {missing[0].key!r} kept changing"
+            )
+        return plan.refs(_answers(plan.unique, inserted, holders))
 
-    async def _copy(self, conn: asyncpg.Connection, jobs: Sequence[NewJob]) -> int:
+    async def _insert_rows(
+        self, conn: asyncpg.Connection, sql: str, jobs: Sequence[NewJob]
+    ) -> set[UUID]:
+        """Run one insert statement over ``jobs``; return the ids it inserted."""
+        rows = await conn.fetch(
+            sql,
+            self.channel,
+            [job.id for job in jobs],
+            [job.handle for job in jobs],
+            [job.payload for job in jobs],
+            [job.max_attempts for job in jobs],
+            [job.run_at for job in jobs],
+            [job.created_at for job in jobs],
+            [job.key for job in jobs],
+        )
+        return {row[0] for row in rows if row[0] is not None}
+
+    async def _settle_keys(
+        self,
+        conn: asyncpg.Connection,
+        keyed: Sequence[NewJob],
+        inserted: set[UUID],
+        insert: str,
+    ) -> dict[tuple[str, str], UUID]:
+        """The queued holder of each key of ``keyed``, after their insert.
+
+        A job that was skipped answers with the queued job holding its key. Should that job
+        be claimed before its id is read (another replica), the skipped job is inserted
+        again, as the index now allows; ``inserted`` gains the ids inserted so. A key
+        missing from the answer after a few rounds was never settled (or, for a COPY
+        batch, its job's id was taken).
+        """
+        holders = {(job.handle, job.key or ""): job.id for job in keyed if job.id in inserted}
+        pending = [job for job in keyed if job.id not in inserted]
+        for _ in range(_KEY_ROUNDS):
+            if not pending:
+                break
+            rows = await conn.fetch(
+                self._sql.key_holders,
+                [job.handle for job in pending],
+                [job.key for job in pending],
+            )
+            holders.update({(row[0], row[1]): row[2] for row in rows})
+            pending = [job for job in pending if (job.handle, job.key or "") not in holders]
+            if not pending:
+                break
+            added = await self._insert_rows(conn, insert, pending)
+            inserted |= added
+            holders.update(
+                {(job.handle, job.key or ""): job.id for job in pending if job.id in added}
+            )
+            pending = [job for job in pending if job.id not in added]
+        return holders
+
+    async def _copy(self, conn: asyncpg.Connection, jobs: Sequence[NewJob]) -> list[JobRef]:
+        plan = KeyPlan(jobs)
         records = [
-            (job.id, job.handle, job.payload, job.max_attempts, job.run_at, job.created_at)
-            for job in jobs
+            (
+                job.id,
+                job.handle,
+                job.payload,
+                job.max_attempts,
+                job.run_at,
+                job.created_at,
+                job.key,
+            )
+            for job in plan.unique
         ]
+        keyed = [job for job in plan.unique if job.key is not None]
         # A savepoint inside the caller's transaction, or a transaction of its own: the
         # staging table is dropped with it either way.
         async with conn.transaction():
@@ -628,16 +779,61 @@ class PostgresStore:
             await conn.copy_records_to_table(
                 "sidecars_staging",
                 records=records,
-                columns=("id", "handle", "payload", "max_attempts", "run_at", "created_at"),
+                columns=(
+                    "id",
+                    "handle",
+                    "payload",
+                    "max_attempts",
+                    "run_at",
+                    "created_at",
+                    "key",
+                ),
             )
-            status = await conn.execute(self._sql.from_stage)
-            inserted = int(str(status).rsplit(" ", 1)[-1])
+            inserted = {row[0] for row in await conn.fetch(self._sql.from_stage)}
             if inserted:
                 await conn.execute(self._sql.notify_stage, self.channel)
             await conn.execute("DROP TABLE sidecars_staging")
-        return inserted
+            holders = await self._settle_keys(conn, keyed, inserted, self._sql.insert_any)
+        return plan.refs(_answers(plan.unique, inserted, holders))
 
     # -- jobs ------------------------------------------------------------------------
+
+    async def cancel(self, job_id: UUID, *, now: float) -> JobState | None:
+        """Cancel a queued job; return its state afterwards, or None for an unknown id.
+
+        A running job is left to its runner (the answer is ``RUNNING``); a finished one is
+        left as it is (the answer is its state).
+        """
+
+        async def body(conn: asyncpg.Connection) -> Any:
+            state = await conn.fetchval(self._sql.cancel, job_id, now)
+            # Not queued: read the state afresh (a claim may have just taken the row).
+            return state if state is not None else await conn.fetchval(self._sql.state, job_id)
+
+        state = await self._write("cancel", body)
+        return None if state is None else JobState(state)
+
+    async def retry(self, job_id: UUID, *, now: float) -> bool:
+        """Queue a failed or cancelled job again, due at ``now``, its attempts reset to 0.
+
+        The outcome and error of the last run stay until the next run ends.
+
+        Returns:
+            True if the job is queued again; False if it was in another state, is unknown,
+            or has a key that another queued job of its handle holds (it is left as it is).
+        """
+
+        async def body(conn: asyncpg.Connection) -> bool:
+            try:
+                async with conn.transaction():
+                    handle = await conn.fetchval(self._sql.retry, job_id, now)
+                    if handle is not None:
+                        await conn.execute(self._sql.notify, self.channel, handle)
+            except asyncpg.UniqueViolationError:
+                return False
+            return handle is not None
+
+        return bool(await self._write("retry", body))
 
     async def claim(
         self, handles: Sequence[str], limit: int, *, now: float, lease: float
@@ -704,31 +900,73 @@ class PostgresStore:
             return set()
         for result in results:
             check_finish_state(result.state)
-        rows = await self._fetch(
-            "finish",
-            self._sql.finish,
-            [r.id for r in results],
-            [r.token for r in results],
-            [r.state.value for r in results],
-            [r.outcome.value for r in results],
-            [r.finished_at for r in results],
-            [r.error for r in results],
-            [r.retry_at for r in results],
-        )
-        return {row[0] for row in rows}
+
+        async def body(conn: asyncpg.Connection) -> set[UUID]:
+            async with conn.transaction():
+                rows = await conn.fetch(self._sql.finish, *_finish_columns(results))
+                applied = {row[0] for row in rows}
+                # Keyed retries, one savepoint each: a key queued again meanwhile
+                # supersedes the job instead of failing the batch.
+                for result in results:
+                    if result.state is not JobState.QUEUED or result.id in applied:
+                        continue
+                    one = await self._requeue(
+                        conn,
+                        self._sql.finish_one,
+                        _finish_columns([result]),
+                        job_id=result.id,
+                        token=result.token,
+                        now=result.finished_at,
+                    )
+                    applied.update(row[0] for row in one)
+                return applied
+
+        return await self._write("finish", body)
 
     async def release(self, leases: Sequence[Lease], *, now: float) -> None:
         """Give held jobs back, due at ``now``, without counting the attempt."""
         if not leases:
             return
-        await self._fetch(
-            "release",
-            self._sql.release,
-            self.channel,
-            now,
-            [item.id for item in leases],
-            [item.token for item in leases],
-        )
+        ids = [item.id for item in leases]
+        tokens = [item.token for item in leases]
+
+        async def body(conn: asyncpg.Connection) -> None:
+            async with conn.transaction():
+                await conn.execute(self._sql.release, self.channel, now, ids, tokens)
+                # Keyed jobs one savepoint each: a key queued again meanwhile supersedes
+                # the job instead of failing the batch.
+                for job_id, token in await conn.fetch(self._sql.held_keyed, ids, tokens):
+                    await self._requeue(
+                        conn,
+                        self._sql.release_one,
+                        (self.channel, now, [job_id], [token]),
+                        job_id=job_id,
+                        token=token,
+                        now=now,
+                    )
+
+        await self._write("release", body)
+
+    async def _requeue(
+        self,
+        conn: asyncpg.Connection,
+        sql: str,
+        args: Sequence[Any],
+        *,
+        job_id: UUID,
+        token: str,
+        now: float,
+    ) -> list[Any]:
+        """Run a statement that puts one keyed job back in the queue, in a savepoint.
+
+        If a newer queued job holds the key, the job ends cancelled (superseded) instead;
+        either way the rows the statement returned.
+        """
+        try:
+            async with conn.transaction():
+                return list(await conn.fetch(sql, *args))
+        except asyncpg.UniqueViolationError:
+            return list(await conn.fetch(self._sql.supersede, SUPERSEDED_ERROR, now, job_id, token))
 
     async def get_job(self, job_id: UUID) -> JobInfo | None:
         """Read one job, or None if the id is unknown."""
@@ -748,6 +986,7 @@ class PostgresStore:
             started_at,
             finished_at,
             error,
+            key,
         ) = rows[0]
         return JobInfo(
             id=id_,
@@ -763,6 +1002,7 @@ class PostgresStore:
             started_at=None if started_at is None else to_datetime(started_at),
             finished_at=None if finished_at is None else to_datetime(finished_at),
             error=error,
+            key=key,
         )
 
     async def next_wakeup(self, handles: Sequence[str]) -> float | None:
@@ -992,6 +1232,37 @@ async def _close_quietly(conn: asyncpg.Connection) -> None:
         await conn.close(timeout=5)
     except Exception:
         conn.terminate()
+
+
+def _answers(
+    jobs: Sequence[NewJob], inserted: set[UUID], holders: Mapping[tuple[str, str], UUID]
+) -> list[tuple[UUID, bool]]:
+    """``(id, created)`` per job of a batch whose keys are settled (see KeyPlan.refs)."""
+    answers: list[tuple[UUID, bool]] = []
+    seen: set[UUID] = set()
+    for job in jobs:
+        holder = None if job.key is None else holders.get((job.handle, job.key))
+        if holder is None:
+            # Unkeyed, or keyed with a taken id (COPY skips those): created only by the
+            # first occurrence of an id the insert returned.
+            answers.append((job.id, job.id in inserted and job.id not in seen))
+        else:
+            answers.append((holder, holder == job.id and job.id not in seen))
+        seen.add(job.id)
+    return answers
+
+
+def _finish_columns(results: Sequence[Finish]) -> tuple[list[Any], ...]:
+    """Finish results as the seven column arrays the finish statements unnest."""
+    return (
+        [r.id for r in results],
+        [r.token for r in results],
+        [r.state.value for r in results],
+        [r.outcome.value for r in results],
+        [r.finished_at for r in results],
+        [r.error for r in results],
+        [r.retry_at for r in results],
+    )
 
 
 def _fire_row(row: Any) -> FireRow:

@@ -19,13 +19,15 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from .._records import JobInfo, JobState, Outcome, RunType
+from .._records import JobInfo, JobRef, JobState, Outcome, RunType
 from ..exceptions import StoreUnavailable
 from ._base import ClaimedJob, Finish, FireClaim, FireLease, FireRequest, Lease, NewJob
 from ._convert import (
     LEASE_LOST_ERROR,
+    SUPERSEDED_ERROR,
     FireRow,
     FireState,
+    KeyPlan,
     check_finish_state,
     decide_fire,
     to_datetime,
@@ -54,13 +56,30 @@ _SQLITE_LOCKED = 6
 
 _JOB_COLUMNS = (
     "id, handle, state, outcome, payload, attempts, max_attempts, run_at, created_at, "
-    "started_at, finished_at, lease_until, error"
+    "started_at, finished_at, lease_until, error, key"
 )
 
 _INSERT = (
     "INSERT INTO sidecars_jobs (id, handle, state, payload, attempts, max_attempts, run_at, "
     "created_at) VALUES (?, ?, 'queued', ?, 0, ?, ?, ?)"
 )
+
+# The conflict target names the key index only: a taken id still raises IntegrityError
+# (and fails the batch), while a taken key just skips its row.
+_INSERT_KEYED = (
+    "INSERT INTO sidecars_jobs (id, handle, state, payload, attempts, max_attempts, run_at, "
+    "created_at, key) VALUES (?, ?, 'queued', ?, 0, ?, ?, ?, ?) "
+    "ON CONFLICT (handle, key) WHERE state = 'queued' AND key IS NOT NULL DO NOTHING"
+)
+
+# Read in the insert's write transaction, so each key has exactly one queued holder: the
+# job just inserted, or the one that made it skip.
+_KEY_HOLDERS = """
+SELECT handle, key, id FROM sidecars_jobs
+WHERE state = 'queued' AND key IS NOT NULL AND (handle, key) IN (
+    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?)
+)
+"""
 
 _FAIL_LOST = """
 UPDATE sidecars_jobs
@@ -129,29 +148,69 @@ WHERE state = 'running' AND (id, token) IN ({_LEASES})
 RETURNING id
 """
 
+# OR IGNORE: a keyed job whose key a newer queued job holds cannot go back to the queue;
+# it stays running here and _SUPERSEDE_RELEASE ends it, instead of the whole batch failing.
 _RELEASE = f"""
-UPDATE sidecars_jobs
+UPDATE OR IGNORE sidecars_jobs
 SET state = 'queued', token = NULL, lease_until = NULL, run_at = ?,
     attempts = max(attempts - 1, 0)
 WHERE state = 'running' AND (id, token) IN ({_LEASES})
 """
 
-_FINISH = """
+_SUPERSEDE_RELEASE = f"""
 UPDATE sidecars_jobs
-SET state = r.new_state, outcome = r.new_outcome, error = r.new_error,
-    finished_at = CASE WHEN r.new_state = 'queued' THEN NULL ELSE r.new_finished_at END,
-    run_at = CASE WHEN r.new_state = 'queued'
-        THEN coalesce(r.new_retry_at, r.new_finished_at) ELSE sidecars_jobs.run_at END,
-    token = NULL, lease_until = NULL
-FROM (
+SET state = 'cancelled', outcome = 'cancelled', error = ?, finished_at = ?, token = NULL,
+    lease_until = NULL
+WHERE state = 'running' AND (id, token) IN ({_LEASES})
+"""
+
+_FINISH_ROWS = """
     SELECT json_extract(value, '$[0]') AS job_id, json_extract(value, '$[1]') AS job_token,
         json_extract(value, '$[2]') AS new_state, json_extract(value, '$[3]') AS new_outcome,
         json_extract(value, '$[4]') AS new_finished_at, json_extract(value, '$[5]') AS new_error,
         json_extract(value, '$[6]') AS new_retry_at
     FROM json_each(?)
-) AS r
+"""
+
+# OR IGNORE for the same reason as _RELEASE: a retry of a keyed job whose key is queued
+# again meanwhile is skipped here and superseded by _SUPERSEDE_FINISH.
+_FINISH = f"""
+UPDATE OR IGNORE sidecars_jobs
+SET state = r.new_state, outcome = r.new_outcome, error = r.new_error,
+    finished_at = CASE WHEN r.new_state = 'queued' THEN NULL ELSE r.new_finished_at END,
+    run_at = CASE WHEN r.new_state = 'queued'
+        THEN coalesce(r.new_retry_at, r.new_finished_at) ELSE sidecars_jobs.run_at END,
+    token = NULL, lease_until = NULL
+FROM ({_FINISH_ROWS}) AS r
 WHERE sidecars_jobs.id = r.job_id AND sidecars_jobs.token = r.job_token
     AND sidecars_jobs.state = 'running'
+RETURNING id
+"""
+
+_SUPERSEDE_FINISH = f"""
+UPDATE sidecars_jobs
+SET state = 'cancelled', outcome = 'cancelled', error = ?, finished_at = r.new_finished_at,
+    token = NULL, lease_until = NULL
+FROM ({_FINISH_ROWS}) AS r
+WHERE sidecars_jobs.id = r.job_id AND sidecars_jobs.token = r.job_token
+    AND sidecars_jobs.state = 'running' AND r.new_state = 'queued'
+RETURNING id
+"""
+
+_CANCEL = """
+UPDATE sidecars_jobs
+SET state = 'cancelled', outcome = 'cancelled', finished_at = ?, token = NULL,
+    lease_until = NULL
+WHERE id = ? AND state = 'queued'
+RETURNING state
+"""
+
+# OR IGNORE: when another queued job holds the key, the row is left as it is (False).
+_RETRY = """
+UPDATE OR IGNORE sidecars_jobs
+SET state = 'queued', run_at = ?, attempts = 0, token = NULL, lease_until = NULL,
+    finished_at = NULL
+WHERE id = ? AND state IN ('failed', 'cancelled')
 RETURNING id
 """
 
@@ -237,10 +296,11 @@ DELETE FROM sidecars_fires WHERE rowid IN (
 class _Batch:
     """Rows of concurrent ``enqueue`` calls that commit together."""
 
-    __slots__ = ("done", "error", "rows")
+    __slots__ = ("done", "error", "jobs", "refs")
 
     def __init__(self) -> None:
-        self.rows: list[tuple[str, str, str, int, float, float]] = []
+        self.jobs: list[NewJob] = []
+        self.refs: list[JobRef] = []
         self.done = anyio.Event()
         self.error: BaseException | None = None
 
@@ -465,13 +525,14 @@ class SQLiteStore:
 
     # -- the protocol ----------------------------------------------------------------
 
-    async def enqueue(self, jobs: Sequence[NewJob]) -> None:
-        """Insert jobs durably; return once they are committed.
+    async def enqueue(self, jobs: Sequence[NewJob]) -> list[JobRef]:
+        """Insert jobs durably; return once they are committed, one reference per job.
 
         Calls made while a commit is in flight are gathered and committed together by the
-        next one, so many concurrent enqueues cost few transactions. An error fails the
-        whole group and is raised to every caller in it. A caller cancelled while waiting
-        may still have its jobs committed.
+        next one, so many concurrent enqueues cost few transactions. An error (a taken id)
+        fails the whole group and is raised to every caller in it; a taken key does not:
+        its job answers with the queued job's id and ``created=False``. A caller cancelled
+        while waiting may still have its jobs committed.
 
         Raises:
             ValueError: a job id already exists (or appears twice in the group).
@@ -479,32 +540,31 @@ class SQLiteStore:
         """
         await anyio.lowlevel.checkpoint_if_cancelled()
         if not jobs:
-            return
-        rows = [
-            (str(job.id), job.handle, job.payload, job.max_attempts, job.run_at, job.created_at)
-            for job in jobs
-        ]
+            return []
         batch = self._pending
         if batch is not None:
-            batch.rows.extend(rows)
+            start = len(batch.jobs)
+            batch.jobs.extend(jobs)
             await batch.done.wait()
         else:
             batch = self._pending = _Batch()
-            batch.rows.extend(rows)
+            start = 0
+            batch.jobs.extend(jobs)
             await self._flush(batch)
         if batch.error is not None:
             raise batch.error
+        return batch.refs[start : start + len(jobs)]
 
     async def _flush(self, batch: _Batch) -> None:
-        async def insert(conn: aiosqlite.Connection) -> None:
+        async def insert(conn: aiosqlite.Connection) -> list[JobRef]:
             # Detached only now that the lock is ours, so callers arriving while the previous
             # transaction ran have all joined this one.
             if self._pending is batch:
                 self._pending = None
-            await conn.executemany(_INSERT, batch.rows)
+            return await _insert(conn, batch.jobs)
 
         try:
-            await self._write("enqueue", insert)
+            batch.refs = await self._write("enqueue", insert)
         except sqlite3.IntegrityError as exc:
             batch.error = ValueError(f"cannot enqueue this batch (is a job id taken?): {exc}")
             batch.error.__cause__ = exc
@@ -599,7 +659,10 @@ class SQLiteStore:
         )
 
         async def body(conn: aiosqlite.Connection) -> list[Any]:
-            return list(await conn.execute_fetchall(_FINISH, (data,)))
+            rows = list(await conn.execute_fetchall(_FINISH, (data,)))
+            if len(rows) < len(results) and any(r.state is JobState.QUEUED for r in results):
+                rows += await conn.execute_fetchall(_SUPERSEDE_FINISH, (SUPERSEDED_ERROR, data))
+            return rows
 
         return {UUID(row[0]) for row in await self._write("finish", body)}
 
@@ -610,7 +673,9 @@ class SQLiteStore:
         pairs = json.dumps([[str(item.id), item.token] for item in leases])
 
         async def body(conn: aiosqlite.Connection) -> None:
-            await conn.execute(_RELEASE, (now, pairs))
+            cursor = await conn.execute(_RELEASE, (now, pairs))
+            if cursor.rowcount < len(leases):
+                await conn.execute(_SUPERSEDE_RELEASE, (SUPERSEDED_ERROR, now, pairs))
 
         await self._write("release", body)
 
@@ -635,6 +700,7 @@ class SQLiteStore:
             finished_at,
             _lease_until,
             error,
+            key,
         ) = rows[0]
         return JobInfo(
             id=UUID(id_),
@@ -650,7 +716,43 @@ class SQLiteStore:
             started_at=None if started_at is None else to_datetime(started_at),
             finished_at=None if finished_at is None else to_datetime(finished_at),
             error=error,
+            key=key,
         )
+
+    async def cancel(self, job_id: UUID, *, now: float) -> JobState | None:
+        """Cancel a queued job; return its state afterwards, or None for an unknown id.
+
+        A running job is left to its runner (the answer is ``RUNNING``); a finished one is
+        left as it is (the answer is its state).
+        """
+
+        async def body(conn: aiosqlite.Connection) -> list[Any]:
+            rows = list(await conn.execute_fetchall(_CANCEL, (now, str(job_id))))
+            if not rows:
+                rows = list(
+                    await conn.execute_fetchall(
+                        "SELECT state FROM sidecars_jobs WHERE id = ?", (str(job_id),)
+                    )
+                )
+            return rows
+
+        rows = await self._write("cancel", body)
+        return JobState(rows[0][0]) if rows else None
+
+    async def retry(self, job_id: UUID, *, now: float) -> bool:
+        """Queue a failed or cancelled job again, due at ``now``, its attempts reset to 0.
+
+        The outcome and error of the last run stay until the next run ends.
+
+        Returns:
+            True if the job is queued again; False if it was in another state, is unknown,
+            or has a key that another queued job of its handle holds (it is left as it is).
+        """
+
+        async def body(conn: aiosqlite.Connection) -> list[Any]:
+            return list(await conn.execute_fetchall(_RETRY, (now, str(job_id))))
+
+        return bool(await self._write("retry", body))
 
     async def next_wakeup(self, handles: Sequence[str]) -> float | None:
         """The earliest time a job of ``handles`` becomes claimable, or None."""
@@ -785,6 +887,41 @@ class SQLiteStore:
             total += deleted
             if deleted < _PRUNE_BATCH:
                 return total
+
+
+async def _insert(conn: aiosqlite.Connection, jobs: Sequence[NewJob]) -> list[JobRef]:
+    """Insert a batch inside the caller's write transaction; one reference per job."""
+    plan = KeyPlan(jobs)
+    plain = [job for job in plan.unique if job.key is None]
+    keyed = [job for job in plan.unique if job.key is not None]
+    if plain:
+        await conn.executemany(
+            _INSERT,
+            [
+                (str(j.id), j.handle, j.payload, j.max_attempts, j.run_at, j.created_at)
+                for j in plain
+            ],
+        )
+    holders: dict[tuple[str, str], UUID] = {}
+    if keyed:
+        await conn.executemany(
+            _INSERT_KEYED,
+            [
+                (str(j.id), j.handle, j.payload, j.max_attempts, j.run_at, j.created_at, j.key)
+                for j in keyed
+            ],
+        )
+        keys = json.dumps([[j.handle, j.key] for j in keyed])
+        for handle, key, id_ in await conn.execute_fetchall(_KEY_HOLDERS, (keys,)):
+            holders[(handle, key)] = UUID(id_)
+    answers: list[tuple[UUID, bool]] = []
+    for job in plan.unique:
+        if job.key is None:
+            answers.append((job.id, True))
+        else:
+            holder = holders[(job.handle, job.key)]
+            answers.append((holder, holder == job.id))
+    return plan.refs(answers)
 
 
 def _fire_row(row: Any) -> FireRow:
