@@ -216,3 +216,27 @@ def test_bad_instance_settings(kwargs: dict[str, object], field: str) -> None:
     """Sidecars(...) checks its own settings."""
     with pytest.raises(InvalidDeclaration, match=f"field '{field}'"):
         Sidecars(**kwargs)  # type: ignore[arg-type]
+
+
+def test_decorator_misuse_says_how_to_write_it() -> None:
+    """@sc.sidecar without parentheses, and a cron string as schedule, say how to fix them."""
+    sc = Sidecars()
+    with pytest.raises(InvalidDeclaration, match=r"'f'.*@sc\.sidecar\(handle="):
+
+        @sc.sidecar  # type: ignore[call-overload]
+        async def f(job: JobContext[Mail]) -> None: ...
+
+    with pytest.raises(InvalidDeclaration, match=r"Schedule\.cron\('\*/5 \* \* \* \*'\)"):
+
+        @sc.sidecar(handle="g", run_type=RunType.STANDALONE, schedule="*/5 * * * *")  # type: ignore[arg-type]
+        async def g(job: JobContext[None]) -> None: ...
+
+
+def test_payload_error_says_why_the_annotation_failed() -> None:
+    """When the payload type cannot be read, the error says what the annotation was."""
+    sc = Sidecars()
+
+    async def plain(job: Mail) -> None: ...
+
+    with pytest.raises(InvalidDeclaration, match=r"annotated .*Mail.*not JobContext"):
+        sc.sidecar(handle="p", run_type=RunType.MEMORY)(plain)  # type: ignore[arg-type]

@@ -333,6 +333,7 @@ async def test_consume_from_environment(store: Store, monkeypatch: pytest.Monkey
         ref = await sc.sidecars["work"].enqueue(Task(n=1))
         await anyio.sleep(0.2)
         assert await job_state(sc, ref.id) is JobState.QUEUED
+    assert runs == []
 
 
 async def test_runner_claims_only_its_own_handles(store: Store) -> None:
@@ -363,7 +364,7 @@ async def test_enqueue_many_is_all_or_nothing_on_bad_payloads(store: Store) -> N
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"run_at": datetime(2030, 1, 1)}, r"'work'.*field 'run_at'.*aware"),  # noqa: DTZ001
+        ({"run_at": datetime(2030, 1, 1)}, r"'work'.*field 'run_at'.*aware"),
         ({"delay": -1}, r"'work'.*field 'delay'"),
         ({"run_at": T0, "delay": 5}, r"'work'.*run_at or delay"),
     ],
@@ -385,3 +386,37 @@ async def test_async_with_closes_the_store(tmp_path: Path) -> None:
         await sc.sidecars["work"].enqueue(Task(n=1))
         assert store._conn is not None
     assert store._conn is None
+
+
+class FlakyFinish:
+    """A real store whose first two result writes fail (a database blip)."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.failures = 2
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    async def finish(self, results: Sequence[object]) -> set[UUID]:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("database restarting")
+        return await self.inner.finish(results)  # type: ignore[arg-type]
+
+
+async def test_result_write_is_retried(store: Store) -> None:
+    """A finished job whose result write fails is written again, not re-run."""
+    flaky = FlakyFinish(store)
+    sc = Sidecars(flaky, lease=10, lease_renew=2, poll_interval=0.05)  # type: ignore[arg-type]
+    runs: list[int] = []
+
+    @sc.sidecar(handle="once", run_type=RunType.DEFERRED)
+    async def once(job: JobContext[Task]) -> None:
+        runs.append(job.attempt)
+
+    async with sc.run():
+        ref = await once.enqueue(Task(n=1))
+        await wait_state(sc, ref.id, JobState.SUCCEEDED)
+    assert runs == [1]
+    assert flaky.failures == 0

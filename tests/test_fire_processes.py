@@ -88,7 +88,7 @@ def test_fire_of_a_killed_holder_is_rerun_once_elsewhere(tmp_path: Path) -> None
     survivor = start_fire_worker(db, log, 12)
     _, victim_err = victim.communicate(timeout=60)
     assert victim.returncode == -9, victim_err
-    out, err = survivor.communicate(timeout=60)
+    _, err = survivor.communicate(timeout=60)
     assert survivor.returncode == 0, err
     assert "Traceback" not in err, err
 

@@ -124,7 +124,7 @@ def test_two_processes_drain_one_file(tmp_path: Path) -> None:
     assert enq.returncode == 0, enq.stderr
     procs = [start_worker(db, log, "--until-empty", "--seconds", "120") for _ in range(2)]
     outputs = [p.communicate(timeout=180) for p in procs]
-    for proc, (out, err) in zip(procs, outputs, strict=True):
+    for proc, (_, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err
         assert "database is locked" not in err
         assert "Traceback" not in err, err

@@ -28,6 +28,7 @@ from ._stats import Stats as Stats
 from ._trigger import Trigger as Trigger
 from ._worker import JobEvent as JobEvent
 from .exceptions import DuplicateHandle as DuplicateHandle
+from .exceptions import InvalidArgument as InvalidArgument
 from .exceptions import InvalidDeclaration as InvalidDeclaration
 from .exceptions import InvalidSchedule as InvalidSchedule
 from .exceptions import JobNotFound as JobNotFound
@@ -49,6 +50,7 @@ __all__ = (
     "DuplicateHandle",
     "FakeClock",
     "HandleStats",
+    "InvalidArgument",
     "InvalidDeclaration",
     "InvalidSchedule",
     "JobContext",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -13,7 +14,7 @@ from uuid import UUID, uuid4
 
 from ._clock import Clock, SystemClock
 from ._memory import History, MemoryPool
-from ._records import JobInfo, JobRef, RunType
+from ._records import JobInfo, JobRef, JobState, RunType
 from ._retry import RetryPolicy
 from ._runner import Runner
 from ._sidecar import _UNSET, Handler, Misfire, OnFull, Overlap, Sidecar
@@ -22,6 +23,7 @@ from ._trigger import Trigger
 from ._worker import JobEvent
 from .exceptions import (
     DuplicateHandle,
+    InvalidArgument,
     InvalidDeclaration,
     NotRunning,
     SidecarsError,
@@ -37,7 +39,12 @@ P = TypeVar("P")
 
 def _positive(name: str, value: float | timedelta) -> float:
     seconds = value.total_seconds() if isinstance(value, timedelta) else value
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or not math.isfinite(seconds)
+        or seconds < 0
+    ):
         raise InvalidDeclaration(
             f"Sidecars: field {name!r}: expected seconds >= 0 or a timedelta, got {value!r}"
         )
@@ -408,18 +415,17 @@ class Sidecars:
             )
         return runner.memory_pool(sidecar.handle)
 
-    async def _enqueue_memory(self, sidecar: Sidecar[Any], payload: Any) -> JobRef:
-        (ref,) = await self._enqueue_memory_many(sidecar, [payload])
-        return ref
-
     async def _enqueue_memory_many(
-        self, sidecar: Sidecar[Any], payloads: Sequence[Any]
+        self,
+        sidecar: Sidecar[Any],
+        payloads: Sequence[Any],
+        keys: Sequence[str | None] | None = None,
     ) -> list[JobRef]:
         if self._eager:
             return await self._run_eager(sidecar, payloads)
         pool = self._memory_pool(sidecar)
         encoded = [sidecar.codec.encode(p) for p in payloads]
-        refs = await pool.submit(encoded)
+        refs = await pool.submit(encoded, keys)
         if self._listeners:
             now = self.clock.time()
             for (_, copy), ref in zip(encoded, refs, strict=True):
@@ -464,6 +470,7 @@ class Sidecars:
         *,
         run_at: datetime | None,
         delay: timedelta | float | None,
+        keys: Sequence[str | None] | None = None,
         connection: Any = None,
     ) -> list[JobRef]:
         # Unlike memory jobs, deferred jobs are still taken during shutdown: they are
@@ -483,14 +490,15 @@ class Sidecars:
                 run_at=due,
                 created_at=now,
                 max_attempts=sidecar.settings.max_attempts,
+                key=keys[i] if keys is not None else None,
             )
-            for text in texts
+            for i, text in enumerate(texts)
         ]
         if not jobs:
             return []
         store = await self._open_store()
         if connection is None:
-            await store.enqueue(jobs)
+            refs = await store.enqueue(jobs)
         else:
             enqueue_in = getattr(store, "enqueue_in", None)
             if enqueue_in is None:
@@ -498,12 +506,11 @@ class Sidecars:
                     f"sidecar {sidecar.handle!r}: field 'connection': {type(store).__name__} "
                     "cannot enqueue inside your transaction (PostgresStore can)"
                 )
-            await enqueue_in(connection, jobs)
+            refs = await enqueue_in(connection, jobs)
         if runner is not None:
-            runner.stats_for(sidecar.handle).enqueued += len(jobs)
+            runner.stats_for(sidecar.handle).enqueued += sum(r.created for r in refs)
             if runner.deferred is not None:
                 runner.deferred.wake()
-        refs = [JobRef(id=job.id, handle=sidecar.handle) for job in jobs]
         if runner is None and not self._told_no_runner:
             # Normal for scripts and enqueue-only processes, but a forgotten lifespan looks
             # the same: say so once.
@@ -515,7 +522,8 @@ class Sidecars:
             )
         if self._listeners:
             for (_, copy), ref in zip(encoded, refs, strict=True):
-                self._notify(sidecar, copy, due, ref)
+                if ref.created:
+                    self._notify(sidecar, copy, due, ref)
         return refs
 
     async def get_job(self, job_id: UUID | str) -> JobInfo | None:
@@ -524,21 +532,78 @@ class Sidecars:
         Returns:
             A frozen :class:`JobInfo`, or None if no such job is known.
         """
-        if isinstance(job_id, str):
-            try:
-                job_id = UUID(job_id)
-            except ValueError:
-                return None
-        record = self.history.get(job_id)
+        uid = _as_uuid(job_id)
+        if uid is None:
+            return None
+        record = self.history.get(uid)
         if record is not None:
             sidecar = self.sidecars.get(record.handle)
             return record.info(sidecar.retry.max_attempts if sidecar is not None else 1)
-        if self._store_open or any(
-            s.run_type is not RunType.MEMORY for s in self.sidecars.values()
-        ):
+        if self._uses_store():
             store = await self._open_store()
-            return await store.get_job(job_id)
+            return await store.get_job(uid)
         return None
+
+    async def cancel(self, job_id: UUID | str) -> JobState | None:
+        """Cancel a job: a queued one at once; one running in this process cooperatively
+        (its handler is cancelled at its next await and the job recorded ``cancelled``).
+
+        A job running in another process is not stopped (it finishes; cancelling it there
+        is planned work). Returns the job's state after the call, or None if unknown.
+        """
+        uid = _as_uuid(job_id)
+        if uid is None:
+            return None
+        record = self.history.get(uid)
+        runner = self._runner
+        if record is not None:
+            pool = runner.pools.get(record.handle) if runner is not None else None
+            if pool is None:
+                return record.state
+            return pool.cancel(record)
+        if not self._uses_store():
+            return None
+        store = await self._open_store()
+        state = await store.cancel(uid, now=self.clock.time())
+        if state is JobState.RUNNING and runner is not None and runner.deferred is not None:
+            runner.deferred.cancel_running(uid)
+        return state
+
+    async def retry(self, job_id: UUID | str) -> bool:
+        """Queue a failed or cancelled job again, due now, with its attempts reset.
+
+        Returns:
+            True if the job was failed or cancelled and is queued again.
+        """
+        uid = _as_uuid(job_id)
+        if uid is None:
+            return False
+        record = self.history.get(uid)
+        runner = self._runner
+        if record is not None:
+            if record.state not in (JobState.FAILED, JobState.CANCELLED):
+                return False
+            sidecar = self.sidecars.get(record.handle)
+            pool = runner.pools.get(record.handle) if runner is not None else None
+            if sidecar is None or pool is None:
+                raise NotRunning(
+                    f"sidecar {record.handle!r} (MEMORY): cannot retry a memory job without "
+                    "a running runner"
+                )
+            await pool.retry(record, sidecar.codec.decode(record.payload_json))
+            return True
+        if not self._uses_store():
+            return False
+        store = await self._open_store()
+        done = await store.retry(uid, now=self.clock.time())
+        if done and runner is not None and runner.deferred is not None:
+            runner.deferred.wake()
+        return done
+
+    def _uses_store(self) -> bool:
+        return self._store_open or any(
+            s.run_type is not RunType.MEMORY for s in self.sidecars.values()
+        )
 
     async def stats(self) -> Stats:
         """A snapshot of counts per handle, and of the runner's health."""
@@ -557,26 +622,36 @@ class Sidecars:
         return f"<Sidecars {len(self.sidecars)} sidecar(s), {state}>"
 
 
+# The last instant a datetime can show (9999-12-31): a due time beyond could not be read back.
+_LATEST = datetime(9999, 12, 31, tzinfo=timezone.utc).timestamp()
+
+
 def _due(
     sidecar: Sidecar[Any], now: float, run_at: datetime | None, delay: timedelta | float | None
 ) -> float:
     """When a new DEFERRED job becomes due: ``run_at``, ``delay``, the next fire, or now."""
     handle = sidecar.handle
     if run_at is not None and delay is not None:
-        raise ValueError(f"sidecar {handle!r}: give run_at or delay, not both")
+        raise InvalidArgument(f"sidecar {handle!r}: field 'delay': give run_at or delay, not both")
     if run_at is not None:
         if not isinstance(run_at, datetime) or run_at.utcoffset() is None:
-            raise ValueError(
+            raise InvalidArgument(
                 f"sidecar {handle!r}: field 'run_at': expected an aware datetime, got {run_at!r}"
                 " (e.g. datetime.now(timezone.utc) + timedelta(hours=1))"
             )
         return run_at.timestamp()
     if delay is not None:
         seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
-            raise ValueError(
-                f"sidecar {handle!r}: field 'delay': expected seconds >= 0 or a timedelta, "
-                f"got {delay!r}"
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, (int, float))
+            or not math.isfinite(seconds)
+            or seconds < 0
+            or now + seconds >= _LATEST
+        ):
+            raise InvalidArgument(
+                f"sidecar {handle!r}: field 'delay': expected a finite number of seconds >= 0 "
+                f"(or a timedelta) that ends before the year 9999, got {delay!r}"
             )
         return now + float(seconds)
     if sidecar.schedule is not None:
@@ -588,3 +663,12 @@ def _due(
             )
         return fire.timestamp()
     return now
+
+
+def _as_uuid(job_id: UUID | str) -> UUID | None:
+    if isinstance(job_id, UUID):
+        return job_id
+    try:
+        return UUID(str(job_id))
+    except ValueError:
+        return None

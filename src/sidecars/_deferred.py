@@ -39,13 +39,15 @@ _FINISH_TRIES = 5
 class _Held:
     """A job this process holds under a lease."""
 
-    __slots__ = ("job", "lease_until", "lost", "renewed", "scope")
+    __slots__ = ("cancelled", "job", "lease_until", "lost", "renewed", "scope", "started")
 
     def __init__(self, job: ClaimedJob) -> None:
         self.job = job
         self.lease_until = job.lease_until
         self.renewed = True
         self.lost = False
+        self.cancelled = False  # sc.cancel() asked for it
+        self.started = False  # a worker has taken it
         self.scope: anyio.CancelScope | None = None
 
 
@@ -98,6 +100,7 @@ class DeferredConsumer:
         self._wake = anyio.Event()
         self._stopping = False
         self._claim_scope = anyio.CancelScope()
+        self._claim_done = anyio.Event()
         self._watch_scope = anyio.CancelScope()
         self._workers = 0
         self.idle = anyio.Event()
@@ -124,15 +127,32 @@ class DeferredConsumer:
         if not self._workers:
             self.idle.set()
 
+    def cancel_running(self, job_id: UUID) -> bool:
+        """Cancel a job running in this process (cooperatively: at its next await)."""
+        held = self.held.get(job_id)
+        if held is None:
+            return False
+        held.cancelled = True
+        if held.scope is not None:
+            held.scope.cancel()
+        return True
+
     def wake(self) -> None:
         """Look for due work now (an enqueue in this process, or a freed worker)."""
         self._wake.set()
 
-    async def stop_claiming(self) -> None:
-        """Shutdown, first step: claim nothing more; give back jobs not yet started."""
+    async def stop_claiming(self, limit: float) -> None:
+        """Shutdown, first step: claim nothing more; give back jobs not yet started.
+
+        A claim in flight is let finish (its rows are already taken in the store: cancelling
+        it would leave them running under a lease nobody holds), for at most ``limit``.
+        """
         self._stopping = True
-        self._claim_scope.cancel()
         self._watch_scope.cancel()
+        self.wake()
+        with anyio.move_on_after(limit):
+            await self._claim_done.wait()
+        self._claim_scope.cancel()
         unstarted: list[Lease] = []
         for pool in self.pools.values():
             while True:
@@ -143,6 +163,11 @@ class DeferredConsumer:
                 self.held.pop(job.id, None)
                 unstarted.append(Lease(id=job.id, token=job.token))
             pool.send.close()
+        # Claimed after shutdown began, so never handed to a worker.
+        for job_id, held in list(self.held.items()):
+            if held.scope is None and not held.started:
+                del self.held[job_id]
+                unstarted.append(Lease(id=job_id, token=held.job.token))
         if unstarted:
             await self._release(unstarted)
 
@@ -177,8 +202,11 @@ class DeferredConsumer:
             await self.runner.supervise("store watch", watch)
 
     async def _claim_loop_supervised(self) -> None:
-        with self._claim_scope:
-            await self.runner.supervise("claim loop", self._claim_loop)
+        try:
+            with self._claim_scope:
+                await self.runner.supervise("claim loop", self._claim_loop)
+        finally:
+            self._claim_done.set()
 
     async def _claim_loop(self) -> None:
         clock = self.runner.clock
@@ -212,6 +240,8 @@ class DeferredConsumer:
             for job in jobs:
                 self.held[job.id] = _Held(job)
                 pool.idle -= 1
+                if self._stopping:
+                    continue  # shutdown began meanwhile: stop_claiming gives it back
                 pool.send.send_nowait(job)
                 self.crash.reached("after_claim")
         free = [p.handle for p in self.pools.values() if p.idle > 0]
@@ -309,6 +339,7 @@ class DeferredConsumer:
         held = self.held.get(job.id)
         if held is None:  # given back by shutdown before it started
             return
+        held.started = True
         counters.running += 1
         try:
             try:
@@ -331,15 +362,30 @@ class DeferredConsumer:
                 return
             with anyio.CancelScope() as scope:
                 held.scope = scope
-                if held.lost:
+                if held.lost or held.cancelled:
                     scope.cancel()
                 try:
                     result = await self._execute(sidecar, payload, job)
                 except anyio.get_cancelled_exc_class():
-                    # Shutdown ran out of grace; the lease is given back after the task
-                    # group has stopped (release_held), without counting the attempt.
-                    counters.dropped += 1
+                    if not (held.lost or held.cancelled):
+                        # Shutdown ran out of grace; the lease is given back after the task
+                        # group has stopped (release_held), without counting the attempt.
+                        counters.dropped += 1
                     raise
+            if held.cancelled and not held.lost:
+                log.info("sidecars: %r job %s cancelled while running", pool.handle, job.id)
+                counters.dropped += 1
+                await self._finish_one(
+                    held,
+                    Finish(
+                        id=job.id,
+                        token=job.token,
+                        state=JobState.CANCELLED,
+                        outcome=Outcome.CANCELLED,
+                        finished_at=runner.clock.time(),
+                    ),
+                )
+                return
             if held.lost:
                 log.warning(
                     "sidecars: %r job %s lost its lease (attempt %d) and was stopped",

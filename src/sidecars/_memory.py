@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -36,13 +37,16 @@ class MemoryRecord:
 
     __slots__ = (
         "attempts",
+        "cancel_requested",
         "created_at",
         "error",
         "finished_at",
         "handle",
         "id",
+        "key",
         "outcome",
         "payload_json",
+        "scope",
         "started_at",
         "state",
     )
@@ -54,6 +58,9 @@ class MemoryRecord:
         self.created_at = now
         self.state = JobState.QUEUED
         self.attempts = 0
+        self.key: str | None = None
+        self.scope: anyio.CancelScope | None = None
+        self.cancel_requested = False
         self.outcome: Outcome | None = None
         self.started_at: float | None = None
         self.finished_at: float | None = None
@@ -77,6 +84,7 @@ class MemoryRecord:
             started_at=_dt(self.started_at),
             finished_at=_dt(self.finished_at),
             error=self.error,
+            key=self.key,
         )
 
 
@@ -117,6 +125,7 @@ class MemoryPool:
         self._receive = receive
         self.running = 0
         self._workers = 0
+        self._keys: dict[str, MemoryRecord] = {}
         self.idle = anyio.Event()
 
     @property
@@ -128,15 +137,24 @@ class MemoryPool:
             self._workers += 1
             tg.start_soon(self._worker, name=f"sidecars memory worker {self.handle}#{i}")
 
-    async def submit(self, payloads: list[tuple[str, Any]]) -> list[JobRef]:
+    async def submit(
+        self, payloads: list[tuple[str, Any]], keys: Sequence[str | None] | None = None
+    ) -> list[JobRef]:
         runner = self.runner
         if not runner.accepting:
             raise ShuttingDown(f"sidecar {self.handle!r}: the runner is shutting down")
         stats = runner.stats_for(self.handle)
         now = runner.clock.time()
         refs = []
-        for text, copy in payloads:
+        for i, (text, copy) in enumerate(payloads):
+            key = keys[i] if keys is not None else None
+            if key is not None:
+                queued = self._keys.get(key)
+                if queued is not None and queued.state is JobState.QUEUED:
+                    refs.append(JobRef(id=queued.id, handle=self.handle, created=False))
+                    continue
             record = MemoryRecord(self.handle, text, now)
+            record.key = key
             item = _Item(record, copy)
             try:
                 self._send.send_nowait(item)
@@ -157,9 +175,35 @@ class MemoryPool:
                     f"sidecar {self.handle!r}: the runner is shutting down"
                 ) from None
             runner.history.add(record)
+            if key is not None:
+                self._keys[key] = record
             stats.enqueued += 1
             refs.append(JobRef(id=record.id, handle=self.handle))
         return refs
+
+    def cancel(self, record: MemoryRecord) -> JobState:
+        """Cancel a queued job (skipped when dequeued) or a running one (cooperatively)."""
+        if record.state is JobState.QUEUED:
+            record.state = JobState.CANCELLED
+            record.outcome = Outcome.CANCELLED
+            record.finished_at = self.runner.clock.time()
+            self._forget_key(record)
+            return JobState.CANCELLED
+        if record.state is JobState.RUNNING and record.scope is not None:
+            record.cancel_requested = True
+            record.scope.cancel()
+        return record.state
+
+    async def retry(self, record: MemoryRecord, payload: Any) -> None:
+        """Send a failed or cancelled job again, attempts reset."""
+        record.state = JobState.QUEUED
+        record.attempts = 0
+        record.finished_at = None
+        await self._send.send(_Item(record, payload))
+
+    def _forget_key(self, record: MemoryRecord) -> None:
+        if record.key is not None and self._keys.get(record.key) is record:
+            del self._keys[record.key]
 
     def close_intake(self) -> None:
         self._send.close()
@@ -223,13 +267,17 @@ class MemoryPool:
                 except anyio.EndOfStream:
                     return
                 record = item.record
+                if record.state is not JobState.QUEUED:
+                    continue  # cancelled while it waited
+                self._forget_key(record)  # once it starts, the key is free again
                 record.state = JobState.RUNNING
                 record.started_at = runner.clock.time()
                 self.running += 1
                 stats.running += 1
                 record.attempts += 1
                 try:
-                    with busy(runner.clock):  # a fake clock's settle() waits for it
+                    with busy(runner.clock), anyio.CancelScope() as scope:
+                        record.scope = scope
                         result = await execute(
                             runner,
                             sidecar,
@@ -238,6 +286,14 @@ class MemoryPool:
                             attempt=record.attempts,
                             scheduled_at=record.created_at,
                         )
+                    record.scope = None
+                    if record.cancel_requested:
+                        record.cancel_requested = False
+                        record.state = JobState.CANCELLED
+                        record.outcome = Outcome.CANCELLED
+                        record.finished_at = runner.clock.time()
+                        stats.dropped += 1
+                        continue
                 except anyio.get_cancelled_exc_class():
                     # Shutdown ran out of grace: the job is dropped, and says so.
                     record.state = JobState.CANCELLED

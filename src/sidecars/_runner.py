@@ -93,7 +93,7 @@ class Runner:
         )
 
     async def supervise(
-        self, name: str, loop: Callable[[], Awaitable[None]], *, max_backoff: float = 30.0
+        self, name: str, loop: Callable[[], Awaitable[None]], *, max_backoff: float = 5.0
     ) -> None:
         """Run a background loop forever, restarting it with backoff when it fails.
 
@@ -102,11 +102,14 @@ class Runner:
         """
         backoff = 0.1
         while True:
+            started = anyio.current_time()
             try:
                 await loop()
                 return
-            except Exception:  # noqa: PERF203 - the loop is the supervisor's whole job
+            except Exception:
                 self.loop_restarts += 1
+                if anyio.current_time() - started > 60:
+                    backoff = 0.1  # it had been healthy: this is a new outage
                 log.exception(
                     "sidecars: background loop %s failed; restarting in %.1fs", name, backoff
                 )
@@ -143,6 +146,7 @@ class Runner:
                 retention=app.fire_retention,
                 crash=crash,
             )
+        body_error: Exception | None = None
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
@@ -158,6 +162,10 @@ class Runner:
                 self.accepting = True
                 try:
                     yield self
+                except Exception as exc:
+                    # Raised by the body of `async with sc.run()`: re-raised as itself
+                    # below, not wrapped in the task group's ExceptionGroup.
+                    body_error = exc
                 finally:
                     with anyio.CancelScope(shield=True):
                         await self._shutdown(tg)
@@ -180,16 +188,19 @@ class Runner:
                         log.warning(
                             "sidecars: gave back %d fire(s) cancelled by shutdown", released
                         )
+        if body_error is not None:
+            raise body_error
 
     async def _shutdown(self, tg: anyio.abc.TaskGroup) -> None:
         self.accepting = False
         for pool in self.pools.values():
             pool.close_intake()
+        deadline = anyio.current_time() + self.grace
         if self.deferred is not None:
-            await self.deferred.stop_claiming()
+            await self.deferred.stop_claiming(self.grace)
         if self.scheduler is not None:
             self.scheduler.stop()
-        with anyio.move_on_after(self.grace):
+        with anyio.move_on_after(max(0.0, deadline - anyio.current_time())) as waited:
             for pool in self.pools.values():
                 await pool.idle.wait()
             if self.deferred is not None:
@@ -205,7 +216,7 @@ class Runner:
         cancelled_deferred = len(self.deferred.held) if self.deferred is not None else 0
         if self.scheduler is not None:
             cancelled_deferred += self.scheduler._running
-        if running or dropped or cancelled_deferred:
+        if waited.cancelled_caught and (running or dropped or cancelled_deferred):
             log.warning(
                 "sidecars: shutdown grace of %ss ran out: cancelling %d running memory "
                 "job(s) and %d deferred job(s), dropping %d queued memory job(s)",

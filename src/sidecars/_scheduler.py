@@ -59,7 +59,7 @@ def _dt(ts: float) -> datetime:
 class _Entry:
     """The schedule state of one standalone handle."""
 
-    __slots__ = ("cursor", "next_fire", "replaying", "running", "sidecar")
+    __slots__ = ("broken", "cursor", "next_fire", "replaying", "running", "sidecar")
 
     def __init__(self, sidecar: Sidecar[Any]) -> None:
         self.sidecar = sidecar
@@ -68,11 +68,69 @@ class _Entry:
         self.next_fire: int | None = None
         self.running = 0
         self.replaying = False
+        self.broken = False
 
     def after(self, instant: float) -> int | None:
+        """The next fire after ``instant``; None (and the handle stopped) for a trigger that
+        misbehaves, so a faulty custom Trigger cannot spin the event loop."""
+        if self.broken:
+            return None
         trigger = self.sidecar.schedule
         assert trigger is not None
-        return _instant(trigger.next_after(_dt(instant)))
+        try:
+            found = trigger.next_after(_dt(instant))
+        except Exception:
+            self._break("raised from next_after()", exc_info=True)
+            return None
+        if found is None:
+            return None
+        if not isinstance(found, datetime) or found.utcoffset() is None:
+            self._break(f"next_after() returned {found!r}, not an aware datetime")
+            return None
+        value = _instant(found)
+        assert value is not None
+        if value <= instant:
+            self._break(
+                f"next_after({_dt(instant).isoformat()}) returned {found.isoformat()}, which "
+                "is not later"
+            )
+            return None
+        return value
+
+    def before(self, instant: float) -> int | None:
+        """The last fire before ``instant``, checked like :meth:`after`."""
+        if self.broken:
+            return None
+        trigger = self.sidecar.schedule
+        assert trigger is not None
+        try:
+            found = trigger.previous_before(_dt(instant))
+        except Exception:
+            self._break("raised from previous_before()", exc_info=True)
+            return None
+        if found is None:
+            return None
+        if not isinstance(found, datetime) or found.utcoffset() is None:
+            self._break(f"previous_before() returned {found!r}, not an aware datetime")
+            return None
+        value = _instant(found)
+        assert value is not None
+        if value >= instant:
+            self._break(
+                f"previous_before({_dt(instant).isoformat()}) returned {found.isoformat()}, "
+                "which is not earlier"
+            )
+            return None
+        return value
+
+    def _break(self, why: str, *, exc_info: bool = False) -> None:
+        self.broken = True
+        log.error(
+            "sidecars: %r: its schedule %s; this sidecar fires no more until restarted",
+            self.sidecar.handle,
+            why,
+            exc_info=exc_info,
+        )
 
 
 class _HeldFire:
@@ -199,7 +257,9 @@ class Scheduler:
             if key[1] >= now - entry.sidecar.fires.misfire_grace:
                 requests.append((entry, key[1]))
         if requests:
-            await self._fire_many(requests)
+            # A re-run is never skipped for overlap: the newer fire that may be running now
+            # must not swallow the one its dead holder never finished (at-least-once).
+            await self._fire_many(requests, rerun=True)
 
     async def _tick(self) -> None:
         clock = self.runner.clock
@@ -243,9 +303,7 @@ class Scheduler:
         floor = max(entry.cursor, math.ceil(now - settings.misfire_grace) - 1)
         late: list[int] = []
         if settings.misfire == "latest":
-            trigger = entry.sidecar.schedule
-            assert trigger is not None
-            latest = _instant(trigger.previous_before(_dt(oldest_on_time)))
+            latest = entry.before(oldest_on_time)
             if latest is not None and latest > floor:
                 late.append(latest)
         else:
@@ -301,7 +359,9 @@ class Scheduler:
         (claim,) = await self._claim_many([(entry, fire_at)])
         return claim
 
-    async def _claim_many(self, requests: list[tuple[_Entry, int]]) -> list[FireClaim | None]:
+    async def _claim_many(
+        self, requests: list[tuple[_Entry, int]], *, rerun: bool = False
+    ) -> list[FireClaim | None]:
         """Claim fires; None for a fire this process must not run."""
         runner = self.runner
         answers: list[FireClaim | None] = [None] * len(requests)
@@ -326,7 +386,7 @@ class Scheduler:
                     FireRequest(
                         handle=handle,
                         fire_at=fire_at,
-                        skip_if_running=entry.sidecar.fires.overlap == "skip",
+                        skip_if_running=entry.sidecar.fires.overlap == "skip" and not rerun,
                         max_attempts=_FIRE_MAX_ATTEMPTS,
                     ),
                 )
@@ -357,8 +417,8 @@ class Scheduler:
             _dt(fire_at).isoformat(),
         )
 
-    async def _fire_many(self, requests: list[tuple[_Entry, int]]) -> None:
-        claims = await self._claim_many(requests)
+    async def _fire_many(self, requests: list[tuple[_Entry, int]], *, rerun: bool = False) -> None:
+        claims = await self._claim_many(requests, rerun=rerun)
         assert self._tg is not None
         for (entry, fire_at), claim in zip(requests, claims, strict=True):
             if claim is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import re
 import typing
 from collections.abc import Callable, Iterable, Sequence
@@ -14,7 +15,7 @@ from ._payloads import PayloadCodec
 from ._records import JobContext, JobRef, RunType
 from ._retry import RetryPolicy
 from ._trigger import Trigger
-from .exceptions import InvalidDeclaration
+from .exceptions import InvalidArgument, InvalidDeclaration
 
 if TYPE_CHECKING:
     from ._app import Sidecars
@@ -99,7 +100,12 @@ def _seconds(handle: str, name: str, value: float | timedelta | None) -> float |
     if value is None:
         return None
     seconds = value.total_seconds() if isinstance(value, timedelta) else value
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or not math.isfinite(seconds)
+        or not seconds > 0
+    ):
         raise InvalidDeclaration(
             f"sidecar {handle!r}: field {name!r}: expected a positive number of seconds or a "
             f"timedelta, got {value!r}"
@@ -221,6 +227,8 @@ class Sidecar(Generic[P]):
             raise InvalidDeclaration(
                 f"sidecar {handle!r}: field 'schedule': a STANDALONE sidecar needs a schedule"
             )
+        if schedule is not None:
+            _probe(handle, schedule)
         self.schedule = schedule
 
         declared = payload
@@ -292,6 +300,7 @@ class Sidecar(Generic[P]):
         *,
         run_at: datetime | None = None,
         delay: timedelta | float | None = None,
+        key: str | None = None,
         connection: Any = None,
     ) -> JobRef:
         """Send one job.
@@ -303,6 +312,9 @@ class Sidecar(Generic[P]):
             payload: the payload (a model instance, or anything that validates as one).
             run_at: DEFERRED only: when the job becomes due (aware datetime).
             delay: DEFERRED only: how long from now until it becomes due.
+            key: a uniqueness key: while a job of this sidecar with the same key is still
+                queued (not yet started), that job's reference is returned instead
+                (``created=False``) and nothing new is queued.
             connection: DEFERRED only, on a store that supports it (PostgreSQL): enqueue
                 inside the caller's own transaction on this connection; the job then
                 exists if and only if that transaction commits.
@@ -313,16 +325,18 @@ class Sidecar(Generic[P]):
             ShuttingDown: the runner is shutting down.
             QueueFull: the MEMORY queue is full and ``on_full="raise"``.
         """
+        _check_key(self.handle, key)
         if self.run_type is RunType.MEMORY:
             _memory_only_now(self.handle, run_at=run_at, delay=delay, connection=connection)
-            return await self._app._enqueue_memory(self, payload)
+            (ref,) = await self._app._enqueue_memory_many(self, [payload], [key])
+            return ref
         if self.run_type is RunType.STANDALONE:
-            raise InvalidDeclaration(
+            raise InvalidArgument(
                 f"sidecar {self.handle!r}: a STANDALONE sidecar runs on its schedule and "
                 "cannot be sent jobs"
             )
         (ref,) = await self._app._enqueue_deferred(
-            self, [payload], run_at=run_at, delay=delay, connection=connection
+            self, [payload], run_at=run_at, delay=delay, keys=[key], connection=connection
         )
         return ref
 
@@ -332,32 +346,52 @@ class Sidecar(Generic[P]):
         *,
         run_at: datetime | None = None,
         delay: timedelta | float | None = None,
+        keys: Sequence[str | None] | None = None,
         connection: Any = None,
     ) -> list[JobRef]:
         """Send many jobs at once: validated first, then stored in one transaction.
 
-        If any payload is invalid, nothing is queued or stored.
+        If any payload is invalid, nothing is queued or stored. ``keys``, if given, holds one
+        uniqueness key (or None) per payload; a keyed job whose key is already queued is
+        not added, and its reference says ``created=False``.
         """
         items: Sequence[P] = list(payloads)
+        if keys is not None:
+            keys = list(keys)
+            if len(keys) != len(items):
+                raise InvalidArgument(
+                    f"sidecar {self.handle!r}: field 'keys': {len(keys)} keys for "
+                    f"{len(items)} payloads"
+                )
+            for k in keys:
+                _check_key(self.handle, k)
         if self.run_type is RunType.MEMORY:
             _memory_only_now(self.handle, run_at=run_at, delay=delay, connection=connection)
-            return await self._app._enqueue_memory_many(self, items)
+            return await self._app._enqueue_memory_many(self, items, keys)
         if self.run_type is RunType.STANDALONE:
-            raise InvalidDeclaration(
+            raise InvalidArgument(
                 f"sidecar {self.handle!r}: a STANDALONE sidecar cannot be sent jobs"
             )
         return await self._app._enqueue_deferred(
-            self, items, run_at=run_at, delay=delay, connection=connection
+            self, items, run_at=run_at, delay=delay, keys=keys, connection=connection
         )
 
     def __repr__(self) -> str:
         return f"<Sidecar {self.handle!r} {self.run_type.value}>"
 
 
+def _check_key(handle: str, key: object) -> None:
+    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 500):
+        raise InvalidArgument(
+            f"sidecar {handle!r}: field 'key': expected a string of 1-500 characters or "
+            f"None, got {key!r}"
+        )
+
+
 def _memory_only_now(handle: str, **given: object) -> None:
     for name, value in given.items():
         if value is not None:
-            raise InvalidDeclaration(
+            raise InvalidArgument(
                 f"sidecar {handle!r}: field {name!r}: a MEMORY job runs at once, in this "
                 "process; declare the sidecar with run_type=RunType.DEFERRED to run it later "
                 "or inside your transaction"
@@ -413,6 +447,11 @@ def _fire_settings(handle: str, run_type: RunType, **given: Any) -> FireSettings
     )
     assert grace is not None
     assert tolerance is not None
+    if tolerance > grace:
+        raise InvalidDeclaration(
+            f"sidecar {handle!r}: field 'misfire_tolerance': {tolerance:g}s is more than "
+            f"misfire_grace ({grace:g}s)"
+        )
     return FireSettings(
         per_replica=per_replica,
         overlap=overlap,
@@ -421,3 +460,26 @@ def _fire_settings(handle: str, run_type: RunType, **given: Any) -> FireSettings
         misfire_tolerance=tolerance,
         misfire_cap=cap,
     )
+
+
+def _probe(handle: str, trigger: Trigger) -> None:
+    """Ask a trigger once, now, so a faulty custom one fails at declaration."""
+    now = datetime.now(timezone.utc)
+    try:
+        found = trigger.next_after(now)
+    except Exception as exc:
+        raise InvalidDeclaration(
+            f"sidecar {handle!r}: field 'schedule': next_after() raised {type(exc).__name__}: {exc}"
+        ) from exc
+    if found is None:
+        return
+    if not isinstance(found, datetime) or found.utcoffset() is None:
+        raise InvalidDeclaration(
+            f"sidecar {handle!r}: field 'schedule': next_after() must return an aware "
+            f"datetime or None, got {found!r}"
+        )
+    if found <= now:
+        raise InvalidDeclaration(
+            f"sidecar {handle!r}: field 'schedule': next_after({now.isoformat()}) returned "
+            f"{found.isoformat()}, which is not later"
+        )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = (
     "DuplicateHandle",
+    "InvalidArgument",
     "InvalidDeclaration",
     "InvalidSchedule",
     "JobNotFound",
@@ -27,6 +28,11 @@ class SidecarsError(Exception):
 
 class InvalidDeclaration(SidecarsError):
     """A sidecar declaration is inconsistent; the message names the handle and the field."""
+
+
+class InvalidArgument(SidecarsError, ValueError):
+    """An argument of a call (``run_at``, ``delay``, ``key``...) is invalid; the message
+    names the handle and the field. Nothing was queued or stored."""
 
 
 class DuplicateHandle(InvalidDeclaration):
