@@ -420,3 +420,68 @@ async def test_result_write_is_retried(store: Store) -> None:
         await wait_state(sc, ref.id, JobState.SUCCEEDED)
     assert runs == [1]
     assert flaky.failures == 0
+
+
+async def test_shutdown_during_a_claim_gives_the_claimed_jobs_back(store: Store) -> None:
+    """Leaving sc.run() while a claim is in flight gives every claimed job back: none stays
+    running under a lease nobody holds, and no attempt is counted."""
+    for round_ in range(15):
+        sc = Sidecars(store, lease=30, lease_renew=10, poll_interval=0.01, grace=2)
+
+        @sc.sidecar(handle=f"busy{round_}", run_type=RunType.DEFERRED, concurrency=8)
+        async def busy(job: JobContext[Task]) -> None:
+            await anyio.sleep(0.001)
+
+        refs = await busy.enqueue_many(Task(n=i) for i in range(300))
+        async with sc.run():
+            await anyio.sleep(0.002 * round_)
+        for ref in refs:
+            info = await store.get_job(ref.id)
+            assert info is not None
+            assert info.state in (JobState.QUEUED, JobState.SUCCEEDED), (round_, info)
+            if info.state is JobState.QUEUED:
+                assert info.attempts == 0
+
+
+async def test_bad_delays_are_refused_without_harming_neighbours(store: Store) -> None:
+    """NaN, infinite or absurd delays are refused at enqueue; concurrent good ones go in."""
+    from sidecars import InvalidArgument
+
+    sc, _ = make(store)
+    work = sc.sidecars["work"]
+    results: list[object] = []
+
+    async def send(delay: float) -> None:
+        try:
+            results.append(await work.enqueue(Task(n=1), delay=delay))
+        except InvalidArgument as exc:
+            results.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for delay in (1.0, float("nan"), float("inf"), 1e300, 2.0):
+            tg.start_soon(send, delay)
+    refused = [r for r in results if isinstance(r, InvalidArgument)]
+    assert len(refused) == 3
+    assert all("'work'" in str(r) and "field 'delay'" in str(r) for r in refused)
+    for ref in results:
+        if not isinstance(ref, InvalidArgument):
+            assert await sc.get_job(ref.id) is not None  # type: ignore[attr-defined]
+    await sc.aclose()
+
+
+@pytest.mark.parametrize("name", ["grace", "lease", "poll_interval"])
+def test_nan_settings_are_refused(name: str) -> None:
+    """NaN or infinite durations on Sidecars(...) are refused at construction."""
+    from sidecars import InvalidDeclaration
+
+    for value in (float("nan"), float("inf")):
+        with pytest.raises(InvalidDeclaration, match=f"field '{name}'"):
+            Sidecars(MemoryStore(), **{name: value})  # type: ignore[arg-type]
+
+
+async def test_errors_from_the_run_body_are_not_wrapped(store: Store) -> None:
+    """An exception raised inside `async with sc.run()` leaves it as itself."""
+    sc, _ = make(store)
+    with pytest.raises(KeyError, match="mine"):
+        async with sc.run():
+            raise KeyError("mine")

@@ -445,3 +445,67 @@ async def test_dst_gap_fire_runs_once_at_the_first_instant_after(store: Store) -
 def test_job_state_enum_is_shared() -> None:
     """Fire runs and jobs report the same states."""
     assert JobState.SUCCEEDED.finished
+
+
+class StuckTrigger:
+    """A faulty custom trigger whose next fire never moves forward."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def next_after(self, dt: datetime, /) -> datetime | None:
+        self.calls += 1
+        # Right at declaration it behaves; afterwards it gets stuck.
+        return dt + timedelta(seconds=1) if self.calls == 1 else dt
+
+    def previous_before(self, dt: datetime, /) -> datetime | None:
+        return dt - timedelta(seconds=1)
+
+
+async def test_a_stuck_custom_trigger_stops_its_sidecar_not_the_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A trigger that does not move forward stops its own sidecar with an error; the event
+    loop and the other sidecars keep running."""
+    clock = FakeClock(datetime(2030, 1, 1, tzinfo=UTC))
+    sc = Sidecars(MemoryStore(), clock=clock, lease=5, lease_renew=1, poll_interval=0.05)
+    fired: list[str] = []
+
+    @sc.sidecar(handle="stuck", run_type=RunType.STANDALONE, schedule=StuckTrigger())
+    async def stuck(job: JobContext[None]) -> None:
+        fired.append("stuck")
+
+    @sc.sidecar(handle="fine", run_type=RunType.STANDALONE, schedule=every(seconds=10))
+    async def fine(job: JobContext[None]) -> None:
+        fired.append("fine")
+
+    with anyio.fail_after(10):
+        async with sc.run():
+            await clock.advance(timedelta(seconds=35))
+    assert fired.count("fine") == 4  # 00:00, :10, :20 and :30
+    assert "stuck" not in fired
+    assert any(
+        "'stuck'" in r.getMessage() and "not later" in r.getMessage() for r in caplog.records
+    )
+
+
+def test_a_trigger_that_fails_at_once_is_refused_at_declaration() -> None:
+    """A trigger whose first answer is not later, or naive, is refused at declaration."""
+
+    class Naive:
+        def next_after(self, dt: datetime, /) -> datetime | None:
+            return datetime(2099, 1, 1)
+
+        def previous_before(self, dt: datetime, /) -> datetime | None:
+            return None
+
+    class Backwards(Naive):
+        def next_after(self, dt: datetime, /) -> datetime | None:
+            return dt - timedelta(days=1)
+
+    sc = Sidecars(MemoryStore())
+    for trigger, fragment in ((Naive(), "aware datetime"), (Backwards(), "not later")):
+        with pytest.raises(InvalidDeclaration, match=fragment):
+
+            @sc.sidecar(handle="t", run_type=RunType.STANDALONE, schedule=trigger)
+            async def t(job: JobContext[None]) -> None: ...
