@@ -66,13 +66,13 @@ def test_three_uvicorn_workers_fire_once_cluster_wide_and_per_replica(tmp_path: 
 
 
 def start_fire_worker(
-    db: Path, log: Path, seconds: float, crash: str | None = None
+    db: Path, log: Path, seconds: float, crash: str | None = None, extra: tuple[str, ...] = ()
 ) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if k != "SIDECARS_CRASH_POINT"}
     if crash:
         env["SIDECARS_CRASH_POINT"] = crash
     return subprocess.Popen(
-        [sys.executable, str(FIRE_WORKER), str(db), str(log), "--seconds", str(seconds)],
+        [sys.executable, str(FIRE_WORKER), str(db), str(log), "--seconds", str(seconds), *extra],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -80,12 +80,22 @@ def start_fire_worker(
     )
 
 
-def test_fire_of_a_killed_holder_is_rerun_once_elsewhere(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "timing",
+    [
+        pytest.param(("--every", "3", "--lease", "1", "--body", "0.3"), id="quiet"),
+        # The lease runs out while newer fires run: the re-run must not be skipped.
+        pytest.param(("--every", "1", "--lease", "2", "--body", "0.5"), id="overlapping"),
+    ],
+)
+def test_fire_of_a_killed_holder_is_rerun_once_elsewhere(
+    tmp_path: Path, timing: tuple[str, ...]
+) -> None:
     """kill -9 of the process running a fire: another process re-runs that fire once after
     the lease expires, and no fire completes twice."""
     db, log = tmp_path / "fires.db", tmp_path / "fires.log"
-    victim = start_fire_worker(db, log, 30, crash="during_fire:1")
-    survivor = start_fire_worker(db, log, 12)
+    victim = start_fire_worker(db, log, 30, crash="during_fire:1", extra=timing)
+    survivor = start_fire_worker(db, log, 12, extra=timing)
     _, victim_err = victim.communicate(timeout=60)
     assert victim.returncode == -9, victim_err
     _, err = survivor.communicate(timeout=60)
