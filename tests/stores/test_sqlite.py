@@ -16,6 +16,7 @@ from sidecars.stores import sqlite as sqlite_module
 from sidecars.stores._sqlite_schema import MIGRATIONS, MIGRATIONS_TABLE
 
 from ._support import NOW, new_job
+from .test_keys import keyed
 
 pytestmark = pytest.mark.anyio
 
@@ -335,6 +336,55 @@ class TestFires:
             conn.close()
         assert versions == [v for v, _ in MIGRATIONS]
         assert {"sidecars_fires_overlap", "sidecars_fires_age"} <= indexes
+
+    async def test_migrates_a_version_2_file(self, tmp_path: Path) -> None:
+        """A file at schema version 2 gains the key column and index on open, jobs kept."""
+        path = tmp_path / "jobs.db"
+        job = new_job()
+        conn = raw(path)
+        try:
+            # The file as sidecars wrote it before unique keys existed.
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(MIGRATIONS_TABLE)
+            for version, statements in MIGRATIONS:
+                if version > 2:
+                    break
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute("INSERT INTO sidecars_migrations VALUES (?, 0)", (version,))
+            conn.execute(
+                "INSERT INTO sidecars_jobs (id, handle, state, payload, max_attempts, run_at, "
+                "created_at) VALUES (?, 'h', 'queued', '{}', 1, ?, ?)",
+                (str(job.id), NOW, NOW),
+            )
+        finally:
+            conn.close()
+
+        store = SQLiteStore(path)
+        try:
+            await store.open()
+            info = await store.get_job(job.id)
+            assert info is not None
+            assert info.key is None
+            first, second = keyed("k"), keyed("k")
+            refs = await store.enqueue([first]) + await store.enqueue([second])
+            assert [(r.id, r.created) for r in refs] == [(first.id, True), (first.id, False)]
+        finally:
+            await store.close()
+        conn = raw(path)
+        try:
+            versions = [r[0] for r in conn.execute("SELECT version FROM sidecars_migrations")]
+            indexes = {
+                r[0]
+                for r in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?",
+                    ("sidecars_jobs",),
+                )
+            }
+        finally:
+            conn.close()
+        assert versions == [1, 2, 3]
+        assert "sidecars_jobs_key" in indexes
 
     async def test_connections_race_for_one_fire(self, tmp_path: Path) -> None:
         """Several stores (one connection each) claiming the same fires claim each once."""

@@ -200,6 +200,12 @@ class Store(Protocol):
     - ``finish`` applies each result whose token matches and returns the ids applied.
     - ``release`` gives jobs back (shutdown): token cleared, state queued, due at ``now``,
       and the attempt of that claim not counted.
+    - A keyed job that ``finish`` (state queued) or ``release`` would put back in the queue
+      while a newer queued job holds its key ends cancelled instead (outcome cancelled, a
+      "superseded" error): the queued job does the work, and the key's rule holds. Its id
+      is still among those ``finish`` applied.
+    - ``finish`` also accepts state cancelled: a runner ends its own running job so,
+      fenced by its token like any result.
 
     Fires (one row per (handle, fire instant), never two):
 
@@ -263,8 +269,12 @@ class Store(Protocol):
     async def retry(self, job_id: UUID, *, now: float) -> bool:
         """Queue a failed or cancelled job again, due at ``now``, its attempts reset to 0.
 
+        The outcome and error of the last run stay until the next run ends.
+
         Returns:
-            True if the job was failed or cancelled and is now queued.
+            True if the job was failed or cancelled and is now queued. False for any other
+            state, an unknown id, or a keyed job whose key another queued job of its
+            handle holds (the job is then left as it is).
         """
         ...
 
