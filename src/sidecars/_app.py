@@ -76,6 +76,8 @@ class Sidecars:
         fire_retention: how long STANDALONE fire records are kept (default 24 hours); at
             least each sidecar's ``misfire_grace`` plus ``lease``, or a late replica could
             fire an instant again.
+        job_retention: how long finished (succeeded, failed, cancelled) DEFERRED jobs are
+            kept before the runner deletes them (default 7 days; checked hourly).
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class Sidecars:
         lease_renew: float | timedelta = 10.0,
         poll_interval: float | timedelta = 1.0,
         fire_retention: float | timedelta = 86_400.0,
+        job_retention: float | timedelta = 7 * 86_400.0,
     ) -> None:
         if store is None or isinstance(store, (str, os.PathLike)):
             from .stores.sqlite import SQLiteStore
@@ -112,6 +115,7 @@ class Sidecars:
                 f"({self.lease}s), got {self.lease_renew}s"
             )
         self.fire_retention = _positive("fire_retention", fire_retention)
+        self.job_retention = _positive("job_retention", job_retention)
         if self.poll_interval <= 0:
             raise InvalidDeclaration("Sidecars: field 'poll_interval': must be above 0")
         if (

@@ -16,7 +16,7 @@ from uuid import UUID
 import anyio
 import anyio.abc
 
-from ._clock import Clock
+from ._clock import Clock, busy
 from ._crash import CrashPoints
 from ._deferred import DeferredConsumer
 from ._memory import MemoryPool
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 __all__ = ("Runner",)
 
 log = logging.getLogger("sidecars")
+
+_PRUNE_JOBS_EVERY = 3600.0
 
 
 class Runner:
@@ -159,6 +161,8 @@ class Runner:
                     self.deferred.start(tg)
                 if self.scheduler is not None:
                     self.scheduler.start(tg, tg)
+                if self.deferred is not None and hasattr(self.deferred.store, "prune_jobs"):
+                    tg.start_soon(self.supervise, "job pruning", self._prune_jobs)
                 self.accepting = True
                 try:
                     yield self
@@ -190,6 +194,18 @@ class Runner:
                         )
         if body_error is not None:
             raise body_error
+
+    async def _prune_jobs(self) -> None:
+        """Delete finished jobs older than the app's job_retention, hourly, in batches."""
+        assert self.deferred is not None
+        store: Any = self.deferred.store
+        retention = self.app.job_retention
+        while True:
+            with busy(self.clock):
+                removed = await store.prune_jobs(before=self.clock.time() - retention)
+            if removed:
+                log.info("sidecars: pruned %d finished job(s)", removed)
+            await self.clock.sleep_until(self.clock.time() + _PRUNE_JOBS_EVERY)
 
     async def _shutdown(self, tg: anyio.abc.TaskGroup) -> None:
         self.accepting = False

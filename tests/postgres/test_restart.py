@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 
 import anyio
@@ -34,9 +35,36 @@ def own_server() -> Iterator[PgServer]:
 
 
 async def restart(server: PgServer) -> None:
-    await anyio.to_thread.run_sync(
-        lambda: server._run("pg_ctl", "-D", str(server.data), "-m", "fast", "-w", "restart")
-    )
+    """pg_ctl restart, its output to the server log: a restarted postmaster keeps any pipe
+    it inherits open, so capturing its output would never finish."""
+    command = [
+        str(server.bindir / "pg_ctl"),
+        "-D",
+        str(server.data),
+        "-l",
+        str(server.log),
+        "-m",
+        "fast",
+        "-w",
+        "-t",
+        "60",
+        "restart",
+    ]
+    if server.user is not None:
+        command = ["runuser", "-u", server.user, "--", *command]
+
+    def run() -> None:
+        subprocess.run(
+            command,
+            cwd=server.root,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=True,
+            timeout=90,
+        )
+
+    await anyio.to_thread.run_sync(run)
 
 
 async def test_restart_while_jobs_flow_and_while_idle(own_server: PgServer) -> None:
