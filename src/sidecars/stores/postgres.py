@@ -1218,6 +1218,8 @@ _CONNECTION_ERRORS = (
     OSError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    # A connection left mid-protocol by a server that went away mid-statement.
+    asyncpg.exceptions.InternalClientError,
     asyncpg.CannotConnectNowError,
     asyncpg.InsufficientPrivilegeError,
     TimeoutError,
