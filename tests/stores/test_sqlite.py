@@ -383,7 +383,7 @@ class TestFires:
             }
         finally:
             conn.close()
-        assert versions == [1, 2, 3]
+        assert versions == [v for v, _ in MIGRATIONS]
         assert "sidecars_jobs_key" in indexes
 
     async def test_connections_race_for_one_fire(self, tmp_path: Path) -> None:

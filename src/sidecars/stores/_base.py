@@ -220,6 +220,22 @@ class Store(Protocol):
     - ``last_fire`` is the latest fire instant of a handle with a row in any state but
       released: the reference for misfire handling.
     - ``prune_fires`` deletes rows of fires before ``before`` that are not running.
+
+    Optional methods, not part of the protocol (a store without them stays a valid
+    ``Store``; callers look them up with ``getattr``). The three stores of sidecars have
+    both:
+
+    - ``async def list_jobs(self, *, handle: str | None = None, state: str | JobState |
+      None = None, limit: int = 50) -> list[JobInfo]``: the newest jobs first (by
+      ``created_at``, then id), only those of ``handle`` and in ``state`` when given;
+      ``limit`` from 1 to 10,000, else ``ValueError`` (an unknown state too). Used by
+      ``sidecars jobs list``.
+    - ``async def prune_jobs(self, *, before: float) -> int``: delete finished jobs
+      (succeeded, failed, cancelled) whose ``finished_at`` is before ``before`` (epoch
+      seconds), in batches of at most a thousand rows per transaction, and return how
+      many. A runner that consumes DEFERRED work calls it hourly with its clock's time
+      minus the app's ``job_retention``; ``sidecars jobs purge`` calls it too. A store may
+      give ``before`` a default (the PostgreSQL store's is its ``retention``).
     """
 
     async def open(self) -> None:

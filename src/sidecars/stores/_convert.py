@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from enum import Enum
+from typing import Any
 from uuid import UUID, uuid4
 
-from .._records import JobRef, JobState, Outcome
+from .._records import JobInfo, JobRef, JobState, Outcome, RunType
 from ._base import FireClaim, FireRequest, FireStatus, NewJob
 
 __all__ = (
+    "FINISHED_STATES",
     "LEASE_LOST_ERROR",
+    "MAX_LIST_LIMIT",
+    "PRUNE_BATCH",
     "SUPERSEDED_ERROR",
     "FireRow",
     "FireState",
     "KeyPlan",
     "check_finish_state",
+    "check_list_args",
     "decide_fire",
+    "job_info",
     "to_datetime",
 )
 
@@ -29,6 +36,18 @@ SUPERSEDED_ERROR = "superseded: another queued job of this handle holds the same
 """The error recorded on a keyed job that could not go back to the queue (a retry after a
 failed run, or a release at shutdown) because a newer job with its key was queued meanwhile:
 that job does the work, so this one ends cancelled rather than breaking the key's rule."""
+
+
+FINISHED_STATES = ("succeeded", "failed", "cancelled")
+"""The stored values of the states a job never leaves: what ``prune_jobs`` may delete."""
+
+MAX_LIST_LIMIT = 10_000
+"""The most jobs one ``list_jobs`` call returns: a listing is for people and scripts, not a
+way to read a whole table into memory."""
+
+PRUNE_BATCH = 1000
+"""Pruning deletes at most this many rows per transaction, so it never holds a write lock
+(SQLite) or many row locks and a burst of WAL (PostgreSQL) for long."""
 
 
 class KeyPlan:
@@ -71,6 +90,70 @@ class KeyPlan:
 def to_datetime(epoch: float) -> datetime:
     """Epoch seconds as an aware UTC datetime."""
     return datetime.fromtimestamp(epoch, tz=timezone.utc)
+
+
+def job_info(row: Sequence[Any]) -> JobInfo:
+    """A :class:`~sidecars.JobInfo` from a stored job row.
+
+    Args:
+        row: ``id, handle, state, outcome, payload (JSON text), attempts, max_attempts,
+            run_at, created_at, started_at, finished_at, error, key``, times in epoch
+            seconds; the id as a UUID or its text.
+    """
+    (
+        id_,
+        handle,
+        state,
+        outcome,
+        payload,
+        attempts,
+        max_attempts,
+        run_at,
+        created_at,
+        started_at,
+        finished_at,
+        error,
+        key,
+    ) = row
+    return JobInfo(
+        id=id_ if isinstance(id_, UUID) else UUID(id_),
+        handle=handle,
+        run_type=RunType.DEFERRED,
+        state=JobState(state),
+        outcome=None if outcome is None else Outcome(outcome),
+        attempts=attempts,
+        max_attempts=max_attempts,
+        payload=json.loads(payload),
+        created_at=to_datetime(created_at),
+        run_at=to_datetime(run_at),
+        started_at=None if started_at is None else to_datetime(started_at),
+        finished_at=None if finished_at is None else to_datetime(finished_at),
+        error=error,
+        key=key,
+    )
+
+
+def check_list_args(
+    handle: str | None, state: str | JobState | None, limit: int
+) -> tuple[str | None, JobState | None, int]:
+    """Validate the filters of ``list_jobs``; return them with ``state`` as a JobState.
+
+    Raises:
+        ValueError: ``state`` names no job state, or ``limit`` is not an integer from 1 to
+            :data:`MAX_LIST_LIMIT`.
+        TypeError: ``handle`` is not a string or None.
+    """
+    if handle is not None and not isinstance(handle, str):
+        raise TypeError(f"handle must be a string or None, not {handle!r}")
+    if state is not None:
+        try:
+            state = JobState(state)
+        except ValueError:
+            names = ", ".join(s.value for s in JobState)
+            raise ValueError(f"state must be one of {names}; got {state!r}") from None
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST_LIMIT:
+        raise ValueError(f"limit must be an integer from 1 to {MAX_LIST_LIMIT}, not {limit!r}")
+    return handle, state, limit
 
 
 def check_finish_state(state: JobState) -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from uuid import UUID, uuid4
 
 import anyio.lowlevel
 
-from .._records import JobInfo, JobRef, JobState, Outcome, RunType
+from .._records import JobInfo, JobRef, JobState, Outcome
 from ._base import ClaimedJob, Finish, FireClaim, FireLease, FireRequest, Lease, NewJob
 from ._convert import (
     LEASE_LOST_ERROR,
@@ -18,8 +17,9 @@ from ._convert import (
     FireState,
     KeyPlan,
     check_finish_state,
+    check_list_args,
     decide_fire,
-    to_datetime,
+    job_info,
 )
 
 __all__ = ("MemoryStore",)
@@ -216,24 +216,53 @@ class MemoryStore:
         """Read one job, or None if the id is unknown."""
         await anyio.lowlevel.checkpoint()
         row = self._jobs.get(job_id)
-        if row is None:
-            return None
-        return JobInfo(
-            id=row.id,
-            handle=row.handle,
-            run_type=RunType.DEFERRED,
-            state=row.state,
-            outcome=row.outcome,
-            attempts=row.attempts,
-            max_attempts=row.max_attempts,
-            payload=json.loads(row.payload),
-            created_at=to_datetime(row.created_at),
-            run_at=to_datetime(row.run_at),
-            started_at=None if row.started_at is None else to_datetime(row.started_at),
-            finished_at=None if row.finished_at is None else to_datetime(row.finished_at),
-            error=row.error,
-            key=row.key,
-        )
+        return None if row is None else _info(row)
+
+    async def list_jobs(
+        self,
+        *,
+        handle: str | None = None,
+        state: str | JobState | None = None,
+        limit: int = 50,
+    ) -> list[JobInfo]:
+        """The newest jobs first (by ``created_at``, then id), optionally filtered.
+
+        Args:
+            handle: only jobs of this handle.
+            state: only jobs in this state (a :class:`~sidecars.JobState` or its value).
+            limit: at most this many jobs, 1 to 10,000.
+
+        Raises:
+            ValueError: ``state`` is not a job state, or ``limit`` is out of range.
+        """
+        handle, wanted, limit = check_list_args(handle, state, limit)
+        await anyio.lowlevel.checkpoint()
+        rows = [
+            row
+            for row in self._jobs.values()
+            if (handle is None or row.handle == handle) and (wanted is None or row.state is wanted)
+        ]
+        rows.sort(key=lambda r: (r.created_at, str(r.id)), reverse=True)
+        return [_info(row) for row in rows[:limit]]
+
+    async def prune_jobs(self, *, before: float) -> int:
+        """Delete finished jobs (succeeded, failed, cancelled) with ``finished_at < before``.
+
+        ``before`` is required: a store never reads the clock, so it cannot know what
+        "a week ago" is (the runner passes its clock's time minus ``job_retention``).
+
+        Returns:
+            How many jobs were deleted.
+        """
+        await anyio.lowlevel.checkpoint()
+        old = [
+            job_id
+            for job_id, row in self._jobs.items()
+            if row.state.finished and row.finished_at is not None and row.finished_at < before
+        ]
+        for job_id in old:
+            del self._jobs[job_id]
+        return len(old)
 
     async def cancel(self, job_id: UUID, *, now: float) -> JobState | None:
         """Cancel a queued job; return its state afterwards, or None for an unknown id.
@@ -407,6 +436,26 @@ class MemoryStore:
         """The row of ``lease`` if it still runs under that lease's token."""
         row = self._fires.get(lease.handle, {}).get(lease.fire_at)
         return row if row is not None and row.holds(lease.token) else None
+
+
+def _info(row: _Row) -> JobInfo:
+    return job_info(
+        (
+            row.id,
+            row.handle,
+            row.state.value,
+            None if row.outcome is None else row.outcome.value,
+            row.payload,
+            row.attempts,
+            row.max_attempts,
+            row.run_at,
+            row.created_at,
+            row.started_at,
+            row.finished_at,
+            row.error,
+            row.key,
+        )
+    )
 
 
 def _supersede(row: _Row, now: float) -> None:

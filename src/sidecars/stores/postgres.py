@@ -7,7 +7,6 @@ of sidecars that imports :mod:`asyncpg`.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
@@ -18,18 +17,21 @@ import anyio
 import anyio.lowlevel
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 
-from .._records import JobInfo, JobRef, JobState, Outcome, RunType
+from .._records import JobInfo, JobRef, JobState, Outcome
 from ..exceptions import StoreUnavailable
 from ._base import ClaimedJob, Finish, FireClaim, FireLease, FireRequest, Lease, NewJob
 from ._convert import (
+    FINISHED_STATES,
     LEASE_LOST_ERROR,
+    PRUNE_BATCH,
     SUPERSEDED_ERROR,
     FireRow,
     FireState,
     KeyPlan,
     check_finish_state,
+    check_list_args,
     decide_fire,
-    to_datetime,
+    job_info,
 )
 from ._pg_schema import MIGRATIONS, MIGRATIONS_TABLE, quote_schema
 
@@ -43,9 +45,16 @@ _MAX_NOTIFY_PAYLOAD = 7900
 
 # Pruning deletes at most this many rows per statement, so it never holds many row locks
 # or writes a large WAL burst in one transaction.
-_PRUNE_BATCH = 1000
+_PRUNE_BATCH = PRUNE_BATCH
 
-_FINISHED = "('succeeded', 'failed', 'cancelled')"
+# Reads as in the partial index jobs_finished, which pruning walks.
+_FINISHED = repr(FINISHED_STATES)
+
+# In the order _convert.job_info reads them.
+_JOB_COLUMNS = (
+    "id, handle, state, outcome, payload::text, attempts, max_attempts, run_at, created_at, "
+    "started_at, finished_at, error, key"
+)
 
 # Rounds of insert-then-read for keyed jobs: a round repeats only when the queued job that
 # made an insert skip was claimed before its id could be read back.
@@ -215,11 +224,22 @@ WHERE id = $1 AND state IN ('failed', 'cancelled')
 RETURNING handle
 """
         self.notify = "SELECT pg_notify($1, $2)"
-        self.get_job = f"""
-SELECT id, handle, state, outcome, payload::text, attempts, max_attempts, run_at,
-    created_at, started_at, finished_at, error, key
-FROM {s}.jobs WHERE id = $1
-"""
+        self.get_job = f"SELECT {_JOB_COLUMNS} FROM {s}.jobs WHERE id = $1"
+        # One statement per combination of filters, so each gets a plan of its own (a
+        # "$1 IS NULL OR ..." form would share one generic plan between them).
+        self.list_jobs = {
+            (by_handle, by_state): (
+                f"SELECT {_JOB_COLUMNS} FROM {s}.jobs WHERE "
+                + " AND ".join(
+                    ["true"]
+                    + (["handle = $2"] if by_handle else [])
+                    + ([f"state = ${2 + by_handle}"] if by_state else [])
+                )
+                + " ORDER BY created_at DESC, id DESC LIMIT $1"
+            )
+            for by_handle in (False, True)
+            for by_state in (False, True)
+        }
         self.next_wakeup = f"""
 SELECT least(
     (SELECT min(run_at) FROM {s}.jobs WHERE state = 'queued' AND handle = ANY($1::text[])),
@@ -971,39 +991,38 @@ class PostgresStore:
     async def get_job(self, job_id: UUID) -> JobInfo | None:
         """Read one job, or None if the id is unknown."""
         rows = await self._read(self._sql.get_job, job_id)
-        if not rows:
-            return None
-        (
-            id_,
-            handle,
-            state,
-            outcome,
-            payload,
-            attempts,
-            max_attempts,
-            run_at,
-            created_at,
-            started_at,
-            finished_at,
-            error,
-            key,
-        ) = rows[0]
-        return JobInfo(
-            id=id_,
-            handle=handle,
-            run_type=RunType.DEFERRED,
-            state=JobState(state),
-            outcome=None if outcome is None else Outcome(outcome),
-            attempts=attempts,
-            max_attempts=max_attempts,
-            payload=json.loads(payload),
-            created_at=to_datetime(created_at),
-            run_at=to_datetime(run_at),
-            started_at=None if started_at is None else to_datetime(started_at),
-            finished_at=None if finished_at is None else to_datetime(finished_at),
-            error=error,
-            key=key,
-        )
+        return job_info(rows[0]) if rows else None
+
+    async def list_jobs(
+        self,
+        *,
+        handle: str | None = None,
+        state: str | JobState | None = None,
+        limit: int = 50,
+    ) -> list[JobInfo]:
+        """The newest jobs first (by ``created_at``, then id), optionally filtered.
+
+        No index serves this order (one would cost every enqueue a write), so the server
+        reads the jobs that pass the filters and keeps the newest ``limit``; pruning keeps
+        that set small.
+
+        Args:
+            handle: only jobs of this handle.
+            state: only jobs in this state (a :class:`~sidecars.JobState` or its value).
+            limit: at most this many jobs, 1 to 10,000.
+
+        Raises:
+            ValueError: ``state`` is not a job state, or ``limit`` is out of range.
+            StoreUnavailable: the server cannot be reached.
+        """
+        handle, wanted, limit = check_list_args(handle, state, limit)
+        args: list[Any] = [limit]
+        if handle is not None:
+            args.append(handle)
+        if wanted is not None:
+            args.append(wanted.value)
+        sql = self._sql.list_jobs[(handle is not None, wanted is not None)]
+        return [job_info(row) for row in await self._read(sql, *args)]
 
     async def next_wakeup(self, handles: Sequence[str]) -> float | None:
         """The earliest time a job of ``handles`` becomes claimable, or None."""
@@ -1017,11 +1036,13 @@ class PostgresStore:
         """Delete finished jobs (succeeded, failed, cancelled) that ended before ``before``.
 
         Rows go in batches of a thousand, each its own short transaction; batches already
-        committed stay deleted if the call is cancelled. Nothing calls this for you yet:
-        run it from a schedule of your own (a STANDALONE sidecar, say, once an hour).
+        committed stay deleted if the call is cancelled. A running consuming runner calls
+        this hourly with its own clock and the app's ``job_retention``.
 
         Args:
-            before: epoch seconds; by default, now minus ``retention``.
+            before: epoch seconds; by default, this host's wall clock minus ``retention``
+                (the one place the store reads a clock, kept for callers of earlier
+                versions; pass ``before`` to stay on your own clock).
 
         Returns:
             How many jobs were deleted.

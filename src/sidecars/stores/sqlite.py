@@ -19,18 +19,21 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from .._records import JobInfo, JobRef, JobState, Outcome, RunType
+from .._records import JobInfo, JobRef, JobState, Outcome
 from ..exceptions import StoreUnavailable
 from ._base import ClaimedJob, Finish, FireClaim, FireLease, FireRequest, Lease, NewJob
 from ._convert import (
+    FINISHED_STATES,
     LEASE_LOST_ERROR,
+    PRUNE_BATCH,
     SUPERSEDED_ERROR,
     FireRow,
     FireState,
     KeyPlan,
     check_finish_state,
+    check_list_args,
     decide_fire,
-    to_datetime,
+    job_info,
 )
 from ._sqlite_schema import MIGRATIONS, MIGRATIONS_TABLE
 
@@ -54,9 +57,10 @@ _BUSY_MAX_DELAY = 1.0
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
 
+# In the order _convert.job_info reads them.
 _JOB_COLUMNS = (
     "id, handle, state, outcome, payload, attempts, max_attempts, run_at, created_at, "
-    "started_at, finished_at, lease_until, error, key"
+    "started_at, finished_at, error, key"
 )
 
 _INSERT = (
@@ -282,9 +286,18 @@ RETURNING 1
 
 _LAST_FIRE = "SELECT max(fire_at) FROM sidecars_fires WHERE handle = ? AND state != 'released'"
 
-# Pruning deletes at most this many rows per transaction, so a large backlog never holds
+# Pruning deletes at most PRUNE_BATCH rows per transaction, so a large backlog never holds
 # the write lock for long: other processes' claims queue behind one short batch at a time.
-_PRUNE_BATCH = 1000
+_PRUNE_BATCH = PRUNE_BATCH
+
+# The state list must read exactly as in the partial index sidecars_jobs_finished (schema
+# version 4): SQLite uses a partial index only when the query's WHERE visibly implies it.
+_PRUNE_JOBS = f"""
+DELETE FROM sidecars_jobs WHERE rowid IN (
+    SELECT rowid FROM sidecars_jobs
+    WHERE state IN {FINISHED_STATES!r} AND finished_at < ? LIMIT ?
+)
+"""
 
 _PRUNE_FIRES = """
 DELETE FROM sidecars_fires WHERE rowid IN (
@@ -684,40 +697,58 @@ class SQLiteStore:
         rows = await self._read(
             f"SELECT {_JOB_COLUMNS} FROM sidecars_jobs WHERE id = ?", (str(job_id),)
         )
-        if not rows:
-            return None
-        (
-            id_,
-            handle,
-            state,
-            outcome,
-            payload,
-            attempts,
-            max_attempts,
-            run_at,
-            created_at,
-            started_at,
-            finished_at,
-            _lease_until,
-            error,
-            key,
-        ) = rows[0]
-        return JobInfo(
-            id=UUID(id_),
-            handle=handle,
-            run_type=RunType.DEFERRED,
-            state=JobState(state),
-            outcome=None if outcome is None else Outcome(outcome),
-            attempts=attempts,
-            max_attempts=max_attempts,
-            payload=json.loads(payload),
-            created_at=to_datetime(created_at),
-            run_at=to_datetime(run_at),
-            started_at=None if started_at is None else to_datetime(started_at),
-            finished_at=None if finished_at is None else to_datetime(finished_at),
-            error=error,
-            key=key,
+        return job_info(rows[0]) if rows else None
+
+    async def list_jobs(
+        self,
+        *,
+        handle: str | None = None,
+        state: str | JobState | None = None,
+        limit: int = 50,
+    ) -> list[JobInfo]:
+        """The newest jobs first (by ``created_at``, then id), optionally filtered.
+
+        No index serves this order (one would cost every enqueue a write), so a listing
+        reads the jobs that pass the filters and sorts them; pruning keeps that set small.
+
+        Args:
+            handle: only jobs of this handle.
+            state: only jobs in this state (a :class:`~sidecars.JobState` or its value).
+            limit: at most this many jobs, 1 to 10,000.
+
+        Raises:
+            ValueError: ``state`` is not a job state, or ``limit`` is out of range.
+        """
+        handle, wanted, limit = check_list_args(handle, state, limit)
+        where: list[str] = []
+        params: list[Any] = []
+        if handle is not None:
+            where.append("handle = ?")
+            params.append(handle)
+        if wanted is not None:
+            where.append("state = ?")
+            params.append(wanted.value)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._read(
+            f"SELECT {_JOB_COLUMNS} FROM sidecars_jobs {clause} "
+            "ORDER BY created_at DESC, id DESC LIMIT ?",
+            (*params, limit),
         )
+        return [job_info(row) for row in rows]
+
+    async def prune_jobs(self, *, before: float) -> int:
+        """Delete finished jobs (succeeded, failed, cancelled) with ``finished_at < before``.
+
+        ``before`` is required: a store never reads the clock, so it cannot know what
+        "a week ago" is (the runner passes its clock's time minus ``job_retention``). Rows
+        are deleted in batches of a thousand, each its own transaction, so other processes'
+        claims wait for one short batch at most; batches already committed stay deleted if
+        the call is cancelled.
+
+        Returns:
+            How many jobs were deleted.
+        """
+        return await self._prune_batches("prune jobs", _PRUNE_JOBS, before)
 
     async def cancel(self, job_id: UUID, *, now: float) -> JobState | None:
         """Cancel a queued job; return its state afterwards, or None for an unknown id.
@@ -876,14 +907,16 @@ class SQLiteStore:
         large table never keeps other writers waiting long. If the call is cancelled, the
         batches already committed stay deleted.
         """
+        return await self._prune_batches("prune fires", _PRUNE_FIRES, before)
 
+    async def _prune_batches(self, what: str, sql: str, before: float) -> int:
         async def body(conn: aiosqlite.Connection) -> int:
-            cursor = await conn.execute(_PRUNE_FIRES, (before, _PRUNE_BATCH))
+            cursor = await conn.execute(sql, (before, _PRUNE_BATCH))
             return cursor.rowcount
 
         total = 0
         while True:
-            deleted = await self._write("prune fires", body)
+            deleted = await self._write(what, body)
             total += deleted
             if deleted < _PRUNE_BATCH:
                 return total
