@@ -286,3 +286,21 @@ class TestReverse:
         gap_fire = datetime(2013, 3, 10, 3, tzinfo=zone)
         assert s.previous_before(gap_fire + timedelta(seconds=1)) == gap_fire
         assert s.previous_before(gap_fire) == datetime(2013, 3, 9, 2, tzinfo=zone)
+
+
+class TestEdges:
+    """Inputs at the edges of what a datetime or cron can say."""
+
+    def test_non_ascii_digits_are_refused(self) -> None:
+        """Digits of other scripts are not cron digits."""
+        for expression in ("٣ * * * *", "５ * * * *"):
+            with pytest.raises(InvalidSchedule, match="ASCII"):
+                Schedule.cron(expression)
+
+    def test_fires_beyond_datetime_range_are_none(self) -> None:
+        """A next fire past year 9999, or a previous one before year 1, is None."""
+        utc = timezone.utc
+        assert Schedule.cron("* * * * *").next_after(datetime.max.replace(tzinfo=utc)) is None
+        assert Schedule.cron("* * * * *").previous_before(datetime(1, 1, 1, tzinfo=utc)) is None
+        huge = Schedule(every=timedelta(days=999_999_999))
+        assert huge.next_after(datetime(2030, 1, 1, tzinfo=utc)) is None

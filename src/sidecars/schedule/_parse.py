@@ -215,6 +215,12 @@ def _parse_dow(text: str) -> tuple[int, frozenset[tuple[int, int]]]:
 
 def parse_cron(expression: str) -> CalendarSpec:
     """Compile a cron expression; raise :class:`InvalidSchedule` naming the field and value."""
+    if not expression.isascii():
+        # str.isdigit() accepts other scripts' digits ("٣", "５"): cron means ASCII.
+        raise InvalidSchedule(
+            f"invalid cron expression {expression!r}: only ASCII digits, names and symbols "
+            "are allowed"
+        )
     fields = expression.split()
     if len(fields) == 5 and fields[0][0] != "@":
         sec = "0"

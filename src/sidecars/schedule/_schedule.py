@@ -445,7 +445,8 @@ class Schedule:
 
         Returns:
             An aware datetime in the schedule's zone (whole seconds), or ``None`` when the
-            schedule never fires again (its year field is in the past).
+            schedule never fires again (its year field is in the past, or the next fire
+            would lie past the year 9999, which no datetime can show).
 
         Raises:
             ValueError: ``dt`` is naive.
@@ -454,8 +455,11 @@ class Schedule:
             ts = dt.timestamp()  # aware: a ZoneInfo always gives an offset
         else:
             ts = _timestamp(dt)
-        t = self._evaluator.next_instant(math.floor(ts) + 1)
-        return None if t is None else datetime.fromtimestamp(t, self._zone)
+        try:
+            t = self._evaluator.next_instant(math.floor(ts) + 1)
+            return None if t is None else datetime.fromtimestamp(t, self._zone)
+        except (OverflowError, ValueError, OSError):
+            return None  # beyond what a datetime can show
 
     def previous_before(self, dt: datetime, /) -> datetime | None:
         """The last fire strictly before ``dt``, or ``None`` if there is none.
@@ -463,8 +467,12 @@ class Schedule:
         Raises:
             ValueError: ``dt`` is naive.
         """
-        t = self._evaluator.prev_instant(math.ceil(_timestamp(dt)) - 1)
-        return None if t is None else datetime.fromtimestamp(t, self._zone)
+        ts = _timestamp(dt)
+        try:
+            t = self._evaluator.prev_instant(math.ceil(ts) - 1)
+            return None if t is None else datetime.fromtimestamp(t, self._zone)
+        except (OverflowError, ValueError, OSError):
+            return None  # before what a datetime can show
 
     def fires(self, after: datetime) -> Iterator[datetime]:
         """Iterate over the fires strictly after ``after``, in order (endless for most).
