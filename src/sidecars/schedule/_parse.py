@@ -216,7 +216,7 @@ def _parse_dow(text: str) -> tuple[int, frozenset[tuple[int, int]]]:
 def parse_cron(expression: str) -> CalendarSpec:
     """Compile a cron expression; raise :class:`InvalidSchedule` naming the field and value."""
     if not expression.isascii():
-        # str.isdigit() accepts other scripts' digits ("٣", "５"): cron means ASCII.
+        # str.isdigit() accepts other scripts' digits (Arabic-Indic, full-width): cron means ASCII.
         raise InvalidSchedule(
             f"invalid cron expression {expression!r}: only ASCII digits, names and symbols "
             "are allowed"
