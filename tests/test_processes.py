@@ -154,3 +154,27 @@ def test_script_that_never_closes_exits_promptly(tmp_path: Path) -> None:
     rows = job_rows(db)
     assert len(rows) == 25
     assert {state for state, _, _ in rows.values()} == {"queued"}
+
+
+def test_a_crash_during_recovery_loses_nothing(tmp_path: Path) -> None:
+    """The process recovering a dead runner's jobs is killed too, mid-recovery: a third
+    process still ends every job succeeded once, re-running only jobs the dead held."""
+    db, log = tmp_path / "jobs.db", tmp_path / "runs.log"
+    first = run_worker(
+        db, log, "--enqueue", "200", "--lease", "1", "--seconds", "60", crash="mid_handler:50"
+    )
+    assert first.returncode == -9, first.stderr
+    second = run_worker(db, log, "--lease", "1", "--seconds", "60", crash="after_claim:40")
+    assert second.returncode == -9, second.stderr
+    third = run_worker(db, log, "--until-empty", "--lease", "1", "--seconds", "60")
+    assert third.returncode == 0, third.stderr
+    rows = job_rows(db)
+    assert len(rows) == 200
+    assert {state for state, _, _ in rows.values()} == {"succeeded"}
+    runs = read_runs(log)
+    assert set(runs) == set(rows)
+    for job_id, events in runs.items():
+        starts = [attempt for kind, attempt, _ in events if kind == "start"]
+        assert starts == sorted(set(starts)), (job_id, events)
+        assert [kind for kind, _, _ in events].count("end") >= 1
+        assert rows[job_id][2] == starts[-1]
