@@ -4,6 +4,7 @@ belong to the lifespan rather than to a request."""
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -206,3 +207,30 @@ async def test_httpx_asgi_transport_round_trip() -> None:
             response = await client.post("/n", json={"text": "via httpx"})
             assert response.status_code == 200
     assert out == ["via httpx"]
+
+
+def test_lifespan_can_make_the_app_enqueue_only(tmp_path: Path) -> None:
+    """lifespan(sc, consume=False): DEFERRED jobs are stored but not run by this app."""
+    from sidecars.stores import MemoryStore
+
+    sc = Sidecars(MemoryStore())
+    ran: list[str] = []
+
+    @sc.sidecar(handle="later", run_type=RunType.DEFERRED)
+    async def later(job: JobContext[Note]) -> None:
+        ran.append(job.payload.text)
+
+    async def endpoint(request: Request) -> JSONResponse:
+        ref = await later.enqueue(Note(text="x"))
+        return JSONResponse({"id": str(ref.id)})
+
+    app = Starlette(
+        routes=[Route("/", endpoint, methods=["POST"])], lifespan=lifespan(sc, consume=False)
+    )
+    with TestClient(app) as client:
+        job_id = client.post("/").json()["id"]
+        time.sleep(0.2)
+        assert sc._runner is not None
+        assert sc._runner.deferred is None  # nothing consumes here
+    assert ran == []
+    assert job_id

@@ -30,13 +30,21 @@ def _as_context(user: Callable[[Any], Any]) -> Lifespan:
     return user
 
 
-def lifespan(sc: Sidecars, user_lifespan: Callable[[Any], Any] | None = None) -> Lifespan:
+def lifespan(
+    sc: Sidecars,
+    user_lifespan: Callable[[Any], Any] | None = None,
+    *,
+    consume: bool | None = None,
+) -> Lifespan:
     """Build an ASGI lifespan that runs ``sc`` and, around it, ``user_lifespan``.
 
     Args:
         sc: the sidecars to run.
         user_lifespan: your own lifespan (a function returning an async context manager,
             or an async generator function); whatever state it yields is passed on.
+        consume: False makes this app enqueue-only for DEFERRED and STANDALONE work (a
+            dedicated worker runs it); default: the ``SIDECARS_CONSUME`` environment
+            variable, else True. MEMORY jobs always run here.
 
     Returns:
         A lifespan for ``Starlette(lifespan=...)`` / ``FastAPI(lifespan=...)``.
@@ -49,10 +57,10 @@ def lifespan(sc: Sidecars, user_lifespan: Callable[[Any], Any] | None = None) ->
         if state is not None:
             setattr(state, _STATE_KEY, sc)
         if inner is None:
-            async with sc.run():
+            async with sc.run(consume=consume):
                 yield None
             return
-        async with inner(app) as user_state, sc.run():
+        async with inner(app) as user_state, sc.run(consume=consume):
             yield user_state
 
     return run
