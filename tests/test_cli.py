@@ -179,3 +179,65 @@ def test_worker_runs_jobs_of_an_enqueue_only_web_app_and_drains_on_sigterm(
             worker.kill()
             worker.communicate()
         stop_server(server)
+
+
+SLOW_APP = '''
+import anyio
+from pydantic import BaseModel
+from sidecars import JobContext, RunType, Sidecars
+
+sc = Sidecars("{db}", poll_interval=0.05)
+
+class Nap(BaseModel):
+    seconds: float
+
+@sc.sidecar(handle="nap", run_type=RunType.DEFERRED)
+async def nap(job: JobContext[Nap]) -> None:
+    print("napping", flush=True)
+    await anyio.sleep(job.payload.seconds)
+'''
+
+
+@pytest.mark.slow
+def test_worker_second_signal_exits_at_once(tmp_path: Path) -> None:
+    """While the worker drains a long job, a second SIGTERM ends it at once (the lease
+    covers the job, which another runner picks up later)."""
+    db = tmp_path / "slow.db"
+    (tmp_path / "slowapp.py").write_text(SLOW_APP.format(db=db))
+    enqueue = (
+        "import anyio, slowapp\n"
+        "async def main():\n"
+        "    async with slowapp.sc:\n"
+        "        await slowapp.nap.enqueue(slowapp.Nap(seconds=60))\n"
+        "anyio.run(main)\n"
+    )
+    subprocess.run([sys.executable, "-c", enqueue], cwd=tmp_path, check=True, timeout=30)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "sidecars", "worker", "slowapp:sc"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert worker.stdout is not None
+        lines = []
+        deadline = time.monotonic() + 20
+        while "napping" not in "".join(lines):
+            assert time.monotonic() < deadline, lines
+            lines.append(worker.stdout.readline())
+        worker.send_signal(signal.SIGTERM)
+        while "draining" not in "".join(lines):
+            assert time.monotonic() < deadline, lines
+            lines.append(worker.stdout.readline())
+        started = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=10)
+        assert time.monotonic() - started < 5  # not the 25 s grace
+        assert worker.returncode == 1
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        worker.communicate()

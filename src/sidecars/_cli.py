@@ -88,15 +88,15 @@ async def _worker(sc: Sidecars, grace: float | None) -> None:
             handles = ", ".join(sorted(sc.sidecars)) or "none"
             print(f"sidecars worker: running {len(sc.sidecars)} sidecar(s): {handles}", flush=True)
             async for signum in signals:
+                # From here on a second signal ends the process at once, mid-drain.
+                for again in (signal.SIGTERM, signal.SIGINT):
+                    signal.signal(again, lambda *_: os._exit(1))
                 print(
                     f"sidecars worker: {signal.Signals(signum).name}: draining (send it again "
                     "to exit at once; leases cover what is left)",
                     flush=True,
                 )
                 break
-            # From here on a second signal ends the process at once, mid-drain.
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, lambda *_: os._exit(1))
     print("sidecars worker: stopped", flush=True)
 
 
