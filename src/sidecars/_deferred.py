@@ -18,6 +18,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._clock import busy
 from ._crash import CrashPoints
+from ._leases import LeaseKeeper
 from ._records import JobState, Outcome
 from ._worker import RunResult, execute
 from .exceptions import PayloadError
@@ -105,7 +106,20 @@ class DeferredConsumer:
         self._workers = 0
         self.idle = anyio.Event()
         self._batch: _FinishBatch | None = None
-        self._claimed = anyio.Event()
+
+        async def renew(held: list[_Held], now: float) -> set[UUID]:
+            leases = [Lease(id=h.job.id, token=h.job.token) for h in held]
+            return await store.renew(leases, now=now, lease=lease)
+
+        self._leases: LeaseKeeper[UUID, _Held] = LeaseKeeper(
+            runner.clock,
+            self.held,
+            key=lambda h: h.job.id,
+            renew=renew,
+            lease=lease,
+            every=renew_every,
+            what="job",
+        )
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -115,7 +129,7 @@ class DeferredConsumer:
                 self._workers += 1
                 tg.start_soon(self._worker, pool, name=f"sidecars deferred {pool.handle}#{i}")
         tg.start_soon(self._claim_loop_supervised, name="sidecars claim loop")
-        tg.start_soon(self.runner.supervise, "lease renewal", self._renew_loop)
+        tg.start_soon(self.runner.supervise, "lease renewal", self._leases.run)
         store = self.store
         if isinstance(store, Notifying):
             handles = list(self.pools)
@@ -236,7 +250,7 @@ class DeferredConsumer:
                 continue
             jobs = await store.claim([pool.handle], pool.idle, now=clock.time(), lease=self.lease)
             if jobs:
-                self._claimed.set()
+                self._leases.claimed()
             for job in jobs:
                 self.held[job.id] = _Held(job)
                 pool.idle -= 1
@@ -267,46 +281,7 @@ class DeferredConsumer:
 
     # -- leases ------------------------------------------------------------------------
 
-    async def _renew_loop(self) -> None:
-        clock = self.runner.clock
-        while True:
-            if not self.held:
-                # Nothing to renew: wait for a claim instead of ticking (a fake clock
-                # advanced by a month would otherwise stop at every tick).
-                self._claimed = anyio.Event()
-                await self._claimed.wait()
-            deadline = clock.time() + self.renew_every
-            at_risk = [h.lease_until for h in self.held.values() if not h.renewed]
-            if at_risk:
-                deadline = min(deadline, min(at_risk))
-            await clock.sleep_until(deadline)
-            with busy(clock):  # a fake clock waits for the renewal to land
-                if not self.held:
-                    continue
-                now = clock.time()
-                held = list(self.held.values())
-                try:
-                    kept = await self.store.renew(
-                        [Lease(id=h.job.id, token=h.job.token) for h in held],
-                        now=now,
-                        lease=self.lease,
-                    )
-                except Exception:
-                    log.warning("sidecars: lease renewal failed; will retry", exc_info=True)
-                    kept = set()
-                for h in held:
-                    if h.job.id in kept:
-                        h.lease_until = now + self.lease
-                        h.renewed = True
-                        continue
-                    h.renewed = False
-                    if now >= h.lease_until and not h.lost:
-                        # Past the lease deadline another runner may hold the job: stop.
-                        h.lost = True
-                        if h.scope is not None:
-                            h.scope.cancel()
-
-        # -- running -----------------------------------------------------------------------
+    # -- running -----------------------------------------------------------------------
 
     async def _worker(self, pool: _Pool) -> None:
         receive = pool.receive

@@ -20,6 +20,7 @@ import anyio.abc
 
 from ._clock import busy
 from ._crash import CrashPoints
+from ._leases import LeaseKeeper
 from ._worker import RunResult, execute
 from .stores._base import FireClaim, FireRequest, FireStatus, Store
 
@@ -171,7 +172,21 @@ class Scheduler:
         self._running = 0
         self.idle = anyio.Event()
         self.idle.set()
-        self._held_event = anyio.Event()
+        fire_store = store
+
+        async def renew(held: list[_HeldFire], now: float) -> set[tuple[str, int]]:
+            assert fire_store is not None
+            return await fire_store.renew_fires([h.lease for h in held], now=now, lease=lease)
+
+        self._leases: LeaseKeeper[tuple[str, int], _HeldFire] = LeaseKeeper(
+            runner.clock,
+            self.held,
+            key=lambda h: (h.lease.handle, h.lease.fire_at),
+            renew=renew,
+            lease=lease,
+            every=renew_every,
+            what="fire",
+        )
         self._scope = anyio.CancelScope()
         self._next_prune = 0.0
         # Fires another runner holds: (handle, fire_at) -> when its lease runs out. Checked
@@ -184,7 +199,7 @@ class Scheduler:
         self._tg = fires_tg
         tg.start_soon(self._loop_supervised, name="sidecars scheduler")
         if self.store is not None and any(not e.sidecar.fires.per_replica for e in self.entries):
-            tg.start_soon(self.runner.supervise, "fire lease renewal", self._renew_loop)
+            tg.start_soon(self.runner.supervise, "fire lease renewal", self._leases.run)
 
     def stop(self) -> None:
         """Shutdown: schedule nothing more (running fires keep their grace)."""
@@ -404,7 +419,7 @@ class Scheduler:
                 elif claim.status is FireStatus.CLAIMED:
                     answers[i] = claim
                     self.held[(claim.handle, claim.fire_at)] = _HeldFire(claim)
-                    self._held_event.set()
+                    self._leases.claimed()
                 elif claim.status is FireStatus.SKIPPED:
                     self._count_skip(entry, claim.fire_at)
         return answers
@@ -512,41 +527,6 @@ class Scheduler:
         return result[0]
 
     # -- leases and pruning ------------------------------------------------------------
-
-    async def _renew_loop(self) -> None:
-        clock = self.runner.clock
-        assert self.store is not None
-        while True:
-            if not self.held:
-                self._held_event = anyio.Event()
-                await self._held_event.wait()
-            deadline = clock.time() + self.renew_every
-            at_risk = [h.lease_until for h in self.held.values() if not h.renewed]
-            if at_risk:
-                deadline = min(deadline, min(at_risk))
-            await clock.sleep_until(deadline)
-            with busy(clock):  # a fake clock waits for the renewal to land
-                if not self.held:
-                    continue
-                now = clock.time()
-                held = list(self.held.values())
-                try:
-                    kept = await self.store.renew_fires(
-                        [h.lease for h in held], now=now, lease=self.lease
-                    )
-                except Exception:
-                    log.warning("sidecars: fire lease renewal failed; will retry", exc_info=True)
-                    kept = set()
-                for h in held:
-                    if (h.lease.handle, h.lease.fire_at) in kept:
-                        h.lease_until = now + self.lease
-                        h.renewed = True
-                        continue
-                    h.renewed = False
-                    if now >= h.lease_until and not h.lost:
-                        h.lost = True
-                        if h.scope is not None:
-                            h.scope.cancel()
 
     async def _prune(self, now: float) -> None:
         if self.store is None or now < self._next_prune:
