@@ -240,3 +240,14 @@ def test_payload_error_says_why_the_annotation_failed() -> None:
 
     with pytest.raises(InvalidDeclaration, match=r"annotated .*Mail.*not JobContext"):
         sc.sidecar(handle="p", run_type=RunType.MEMORY)(plain)  # type: ignore[arg-type]
+
+
+def test_queue_options_belong_to_memory_sidecars() -> None:
+    """max_pending and on_full on a DEFERRED sidecar are refused, naming the field."""
+    sc = Sidecars()
+    for option in ({"max_pending": 5}, {"on_full": "raise"}):
+        field = next(iter(option))
+        with pytest.raises(InvalidDeclaration, match=f"'d': field '{field}'.*MEMORY"):
+
+            @sc.sidecar(handle="d", run_type=RunType.DEFERRED, **option)  # type: ignore[call-overload]
+            async def d(job: JobContext[Mail]) -> None: ...

@@ -173,8 +173,8 @@ class Sidecar(Generic[P]):
         payload: Any = _UNSET,
         concurrency: int = 1,
         timeout: float | timedelta | None = None,
-        max_pending: int = 10_000,
-        on_full: OnFull = "wait",
+        max_pending: int = _UNSET,
+        on_full: OnFull = _UNSET,
         schedule: Trigger | None = None,
         per_replica: bool = _UNSET,
         overlap: Overlap = _UNSET,
@@ -255,6 +255,15 @@ class Sidecar(Generic[P]):
             declared = None
         self.codec = PayloadCodec(handle, declared)
 
+        if run_type is not RunType.MEMORY:
+            for name, value in (("max_pending", max_pending), ("on_full", on_full)):
+                if value is not _UNSET:
+                    raise InvalidDeclaration(
+                        f"sidecar {handle!r}: field {name!r}: only a MEMORY sidecar has an "
+                        "in-process queue (DEFERRED jobs wait in the store)"
+                    )
+        max_pending = 10_000 if max_pending is _UNSET else max_pending
+        on_full = "wait" if on_full is _UNSET else on_full
         if on_full not in ("wait", "raise"):
             raise InvalidDeclaration(
                 f"sidecar {handle!r}: field 'on_full': expected 'wait' or 'raise', got {on_full!r}"
