@@ -325,12 +325,11 @@ class DeferredConsumer:
                 counters.failed += 1
                 await self._finish_one(
                     held,
-                    Finish(
-                        id=job.id,
-                        token=job.token,
-                        state=JobState.FAILED,
-                        outcome=Outcome.ERROR,
-                        finished_at=runner.clock.time(),
+                    _result(
+                        job,
+                        JobState.FAILED,
+                        Outcome.ERROR,
+                        runner.clock.time(),
                         error=f"the stored payload no longer validates: {exc}",
                     ),
                 )
@@ -352,13 +351,7 @@ class DeferredConsumer:
                 counters.dropped += 1
                 await self._finish_one(
                     held,
-                    Finish(
-                        id=job.id,
-                        token=job.token,
-                        state=JobState.CANCELLED,
-                        outcome=Outcome.CANCELLED,
-                        finished_at=runner.clock.time(),
-                    ),
+                    _result(job, JobState.CANCELLED, Outcome.CANCELLED, runner.clock.time()),
                 )
                 return
             if held.lost:
@@ -377,32 +370,12 @@ class DeferredConsumer:
             now = runner.clock.time()
             policy = sidecar.retry
             if outcome is Outcome.OK:
-                finish = Finish(
-                    id=job.id,
-                    token=job.token,
-                    state=JobState.SUCCEEDED,
-                    outcome=outcome,
-                    finished_at=now,
-                )
+                finish = _result(job, JobState.SUCCEEDED, outcome, now)
             elif job.attempt < job.max_attempts and policy.retries(result.exception):
-                finish = Finish(
-                    id=job.id,
-                    token=job.token,
-                    state=JobState.QUEUED,
-                    outcome=outcome,
-                    finished_at=now,
-                    error=error,
-                    retry_at=now + policy.delay(job.attempt),
-                )
+                retry_at = now + policy.delay(job.attempt)
+                finish = _result(job, JobState.QUEUED, outcome, now, error, retry_at)
             else:
-                finish = Finish(
-                    id=job.id,
-                    token=job.token,
-                    state=JobState.FAILED,
-                    outcome=outcome,
-                    finished_at=now,
-                    error=error,
-                )
+                finish = _result(job, JobState.FAILED, outcome, now, error)
             await self._finish_one(held, finish)
             # A sync handler past its timeout still runs in its thread: keep the slot.
             await result.release_slot()
@@ -482,3 +455,23 @@ class DeferredConsumer:
                     held.job.id,
                 )
             self.held.pop(result.id, None)
+
+
+def _result(
+    job: ClaimedJob,
+    state: JobState,
+    outcome: Outcome,
+    now: float,
+    error: str | None = None,
+    retry_at: float | None = None,
+) -> Finish:
+    """The result of one run of ``job``, fenced by its claim's token."""
+    return Finish(
+        id=job.id,
+        token=job.token,
+        state=state,
+        outcome=outcome,
+        finished_at=now,
+        error=error,
+        retry_at=retry_at,
+    )

@@ -11,7 +11,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from .._records import JobInfo, JobRef, JobState, Outcome, RunType
-from ._base import FireClaim, FireRequest, FireStatus, NewJob
+from ._base import ClaimedJob, FireClaim, FireRequest, FireStatus, NewJob
 
 __all__ = (
     "FINISHED_STATES",
@@ -24,6 +24,7 @@ __all__ = (
     "KeyPlan",
     "check_finish_state",
     "check_list_args",
+    "claimed_jobs",
     "decide_fire",
     "job_info",
     "to_datetime",
@@ -283,3 +284,23 @@ def decide_fire(
         token=claimed.token,
         lease_until=claimed.lease_until,
     )
+
+
+def claimed_jobs(rows: Sequence[Any], *, token: str, until: float) -> list[ClaimedJob]:
+    """Rows of ``(id, handle, payload, attempts, max_attempts, run_at)`` from a claim, as
+    :class:`ClaimedJob` records, oldest due first (SQL's RETURNING order is unspecified)."""
+    claimed = [
+        ClaimedJob(
+            id=row[0] if isinstance(row[0], UUID) else UUID(row[0]),
+            handle=row[1],
+            payload=row[2],
+            attempt=row[3],
+            max_attempts=row[4],
+            run_at=row[5],
+            token=token,
+            lease_until=until,
+        )
+        for row in rows
+    ]
+    claimed.sort(key=lambda job: (job.run_at, str(job.id)))
+    return claimed

@@ -30,6 +30,7 @@ from ._convert import (
     KeyPlan,
     check_finish_state,
     check_list_args,
+    claimed_jobs,
     decide_fire,
     job_info,
 )
@@ -881,21 +882,7 @@ class PostgresStore:
             Outcome.LEASE_LOST.value,
             LEASE_LOST_ERROR,
         )
-        claimed = [
-            ClaimedJob(
-                id=row[0],
-                handle=row[1],
-                payload=row[2],
-                attempt=row[3],
-                max_attempts=row[4],
-                run_at=row[5],
-                token=token,
-                lease_until=until,
-            )
-            for row in rows
-        ]
-        claimed.sort(key=lambda job: (job.run_at, str(job.id)))
-        return claimed
+        return claimed_jobs(rows, token=token, until=until)
 
     async def renew(self, leases: Sequence[Lease], *, now: float, lease: float) -> set[UUID]:
         """Extend held leases to ``now + lease``; return the ids still held."""

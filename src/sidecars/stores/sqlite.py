@@ -32,6 +32,7 @@ from ._convert import (
     KeyPlan,
     check_finish_state,
     check_list_args,
+    claimed_jobs,
     decide_fire,
     job_info,
 )
@@ -619,21 +620,7 @@ class SQLiteStore:
             return list(rows)
 
         rows = await self._write("claim", body)
-        claimed = [
-            ClaimedJob(
-                id=UUID(row[0]),
-                handle=row[1],
-                payload=row[2],
-                attempt=row[3],
-                max_attempts=row[4],
-                run_at=row[5],
-                token=token,
-                lease_until=until,
-            )
-            for row in rows
-        ]
-        claimed.sort(key=lambda job: (job.run_at, str(job.id)))
-        return claimed
+        return claimed_jobs(rows, token=token, until=until)
 
     async def renew(self, leases: Sequence[Lease], *, now: float, lease: float) -> set[UUID]:
         """Extend held leases to ``now + lease``; return the ids still held."""
