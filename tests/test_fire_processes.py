@@ -95,7 +95,9 @@ def test_fire_of_a_killed_holder_is_rerun_once_elsewhere(
     the lease expires, and no fire completes twice."""
     db, log = tmp_path / "fires.db", tmp_path / "fires.log"
     victim = start_fire_worker(db, log, 30, crash="during_fire:1", extra=timing)
-    survivor = start_fire_worker(db, log, 12, extra=timing)
+    # The survivor runs 0.3 s behind, so the victim claims (and dies in) the first instant
+    # both see, however slowly either process started.
+    survivor = start_fire_worker(db, log, 12, extra=(*timing, "--lag", "0.3"))
     _, victim_err = victim.communicate(timeout=60)
     assert victim.returncode == -9, victim_err
     _, err = survivor.communicate(timeout=60)

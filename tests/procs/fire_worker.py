@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import os
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import anyio
 
-from sidecars import JobContext, RunType, Schedule, Sidecars
+from sidecars import JobContext, RunType, Schedule, Sidecars, SystemClock
 
 
 def main() -> None:
@@ -24,6 +24,9 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=3.0)
     parser.add_argument("--lease", type=float, default=1.0)
     parser.add_argument("--body", type=float, default=0.3)
+    parser.add_argument(
+        "--lag", type=float, default=0.0, help="run this many seconds behind the wall clock"
+    )
     args = parser.parse_args()
 
     sc = Sidecars(args.db, lease=args.lease, lease_renew=args.lease / 3, grace=5)
@@ -42,8 +45,17 @@ def main() -> None:
         with open(args.log, "a") as out:  # noqa: ASYNC230 - one short line, on purpose sync
             out.write(f"end {instant} {job.attempt} {pid}\n")
 
+    class Lagging(SystemClock):
+        # Within the skew replicas are allowed (DESIGN: about a second), so a test can let
+        # the other process win each instant's claim deterministically.
+        def time(self) -> float:
+            return super().time() - args.lag
+
+        def now(self) -> datetime:
+            return datetime.fromtimestamp(self.time(), timezone.utc)
+
     async def run() -> None:
-        async with sc.run():
+        async with sc.run(clock=Lagging() if args.lag else None):
             print("ready", flush=True)
             await anyio.sleep(args.seconds)
 
