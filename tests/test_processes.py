@@ -120,7 +120,8 @@ def test_two_processes_drain_one_file(tmp_path: Path) -> None:
     """Two processes on one SQLite file drain 2,000 jobs: each runs once, none is lost, and
     no 'database is locked' reaches a caller."""
     db, log = tmp_path / "jobs.db", tmp_path / "runs.log"
-    enq = run_worker(db, log, "--enqueue", "2000", "--enqueue-only")
+    # 5 ms per job: the drain lasts long enough that both processes take part.
+    enq = run_worker(db, log, "--enqueue", "2000", "--sleep", "0.005", "--enqueue-only")
     assert enq.returncode == 0, enq.stderr
     procs = [start_worker(db, log, "--until-empty", "--seconds", "120") for _ in range(2)]
     outputs = [p.communicate(timeout=180) for p in procs]
