@@ -311,7 +311,8 @@ class TestSyncHandlers:
                 gaps.append(now - last)
                 last = now
         assert sorted(done) == list(range(10))
-        assert max(gaps) < 0.25  # the loop was never held for long
+        # A handler run on the loop would hold it for its whole 0.5 s sleep.
+        assert max(gaps) < 0.4
 
     async def test_own_thread_limiter(self) -> None:
         """Sync handlers use sidecars' own limiter, not anyio's default one."""
