@@ -160,10 +160,17 @@ FROM picked
 WHERE j.id = picked.id
 RETURNING j.id, j.handle, j.payload::text, j.attempts, j.max_attempts, j.run_at
 """
+        # Renew, finish and release lock their rows in id order first: two of them over
+        # overlapping jobs (a renewal racing the finish of a job it still lists) would
+        # otherwise lock in whatever order their joins ran, and deadlock.
         self.renew = f"""
+WITH l AS (SELECT * FROM unnest($2::uuid[], $3::text[]) AS l(id, token)),
+locked AS (
+    SELECT j.id FROM {s}.jobs AS j JOIN l ON j.id = l.id AND j.token = l.token
+    WHERE j.state = 'running' ORDER BY j.id FOR UPDATE OF j
+)
 UPDATE {s}.jobs AS j SET lease_until = $1
-FROM unnest($2::uuid[], $3::text[]) AS l(id, token)
-WHERE j.id = l.id AND j.token = l.token AND j.state = 'running'
+FROM locked WHERE j.id = locked.id
 RETURNING j.id
 """
         # A keyed job going back to the queue may meet a newer queued job with its key,
@@ -171,27 +178,38 @@ RETURNING j.id
         # the one-row statements (no filter), each run in a savepoint of its own.
         keyed_requeue = "AND NOT (r.state = 'queued' AND j.key IS NOT NULL)"
         finish = f"""
+WITH r AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::float8[],
+        $6::text[], $7::float8[]) AS r(id, token, state, outcome, finished_at, error, retry_at)
+),
+locked AS (
+    SELECT j.id FROM {s}.jobs AS j JOIN r ON j.id = r.id AND j.token = r.token
+    WHERE j.state = 'running' {{only}} ORDER BY j.id FOR UPDATE OF j
+)
 UPDATE {s}.jobs AS j
 SET state = r.state, outcome = r.outcome, error = r.error,
     finished_at = CASE WHEN r.state = 'queued' THEN NULL ELSE r.finished_at END,
     run_at = CASE WHEN r.state = 'queued'
         THEN coalesce(r.retry_at, r.finished_at) ELSE j.run_at END,
     token = NULL, lease_until = NULL
-FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::text[],
-    $7::float8[]) AS r(id, token, state, outcome, finished_at, error, retry_at)
-WHERE j.id = r.id AND j.token = r.token AND j.state = 'running' {{only}}
+FROM r JOIN locked ON r.id = locked.id
+WHERE j.id = locked.id
 RETURNING j.id
 """
         self.finish = finish.format(only=keyed_requeue)
         self.finish_one = finish.format(only="")
         # Released jobs are due at once: tell the other replicas, as an enqueue would.
         release = f"""
-WITH rel AS (
+WITH l AS (SELECT * FROM unnest($3::uuid[], $4::text[]) AS l(id, token)),
+locked AS (
+    SELECT j.id FROM {s}.jobs AS j JOIN l ON j.id = l.id AND j.token = l.token
+    WHERE j.state = 'running' {{only}} ORDER BY j.id FOR UPDATE OF j
+),
+rel AS (
     UPDATE {s}.jobs AS j
     SET state = 'queued', token = NULL, lease_until = NULL, run_at = $2,
         attempts = greatest(j.attempts - 1, 0)
-    FROM unnest($3::uuid[], $4::text[]) AS l(id, token)
-    WHERE j.id = l.id AND j.token = l.token AND j.state = 'running' {{only}}
+    FROM locked WHERE j.id = locked.id
     RETURNING j.handle
 )
 {_NOTIFY_HANDLES.format(source="rel")}"""
