@@ -26,6 +26,7 @@ __all__ = (
     "check_list_args",
     "claimed_jobs",
     "decide_fire",
+    "decide_fires",
     "job_info",
     "to_datetime",
 )
@@ -304,3 +305,41 @@ def claimed_jobs(rows: Sequence[Any], *, token: str, until: float) -> list[Claim
     ]
     claimed.sort(key=lambda job: (job.run_at, str(job.id)))
     return claimed
+
+
+def decide_fires(
+    requests: Sequence[FireRequest],
+    rows: dict[tuple[str, int], FireRow],
+    running: dict[str, set[int]],
+    *,
+    now: float,
+    lease: float,
+) -> tuple[list[FireClaim], dict[tuple[str, int], FireRow]]:
+    """Apply :func:`decide_fire` to a batch, in order, so a later request sees what an
+    earlier one claimed.
+
+    Args:
+        requests: the batch.
+        rows: the stored rows of the requested fires (updated in place).
+        running: per handle, the instants of fires running under a live lease (updated).
+        now: the caller's clock.
+        lease: the lease length in seconds.
+
+    Returns:
+        One answer per request, and the rows to write.
+    """
+    answers: list[FireClaim] = []
+    changed: dict[tuple[str, int], FireRow] = {}
+    for request in requests:
+        key = (request.handle, request.fire_at)
+        others = running.get(request.handle, set())
+        overlapped = bool(others - {request.fire_at})
+        new, answer = decide_fire(
+            rows.get(key), request, overlapped=overlapped, now=now, lease=lease
+        )
+        if new is not None:
+            rows[key] = changed[key] = new
+            if new.running_at(now):
+                running.setdefault(request.handle, set()).add(request.fire_at)
+        answers.append(answer)
+    return answers, changed

@@ -31,7 +31,7 @@ from ._convert import (
     check_finish_state,
     check_list_args,
     claimed_jobs,
-    decide_fire,
+    decide_fires,
     job_info,
 )
 from ._pg_schema import MIGRATIONS, MIGRATIONS_TABLE, quote_schema
@@ -1162,20 +1162,7 @@ class PostgresStore:
                 running: dict[str, set[int]] = {}
                 for handle, fire_at in await conn.fetch(self._sql.fires_running, handles, now):
                     running.setdefault(handle, set()).add(fire_at)
-                answers: list[FireClaim] = []
-                changed: dict[tuple[str, int], FireRow] = {}
-                for request in requests:
-                    key = (request.handle, request.fire_at)
-                    others = running.get(request.handle, set())
-                    overlapped = bool(others - {request.fire_at})
-                    new, answer = decide_fire(
-                        rows.get(key), request, overlapped=overlapped, now=now, lease=lease
-                    )
-                    if new is not None:
-                        rows[key] = changed[key] = new
-                        if new.running_at(now):
-                            running.setdefault(request.handle, set()).add(request.fire_at)
-                    answers.append(answer)
+                answers, changed = decide_fires(requests, rows, running, now=now, lease=lease)
                 if changed:
                     await conn.execute(self._sql.fire_upsert, *_fire_columns(changed.values()))
                 return answers

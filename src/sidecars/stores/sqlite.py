@@ -33,7 +33,7 @@ from ._convert import (
     check_finish_state,
     check_list_args,
     claimed_jobs,
-    decide_fire,
+    decide_fires,
     job_info,
 )
 from ._sqlite_schema import MIGRATIONS, MIGRATIONS_TABLE
@@ -808,20 +808,7 @@ class SQLiteStore:
             running: dict[str, set[int]] = {}
             for handle, fire_at in await conn.execute_fetchall(_FIRES_RUNNING, (handles, now)):
                 running.setdefault(handle, set()).add(fire_at)
-            answers: list[FireClaim] = []
-            changed: dict[tuple[str, int], FireRow] = {}
-            for request in requests:
-                key = (request.handle, request.fire_at)
-                others = running.get(request.handle, set())
-                overlapped = bool(others - {request.fire_at})
-                new, answer = decide_fire(
-                    rows.get(key), request, overlapped=overlapped, now=now, lease=lease
-                )
-                if new is not None:
-                    rows[key] = changed[key] = new
-                    if new.running_at(now):
-                        running.setdefault(request.handle, set()).add(request.fire_at)
-                answers.append(answer)
+            answers, changed = decide_fires(requests, rows, running, now=now, lease=lease)
             if changed:
                 await conn.executemany(_FIRE_UPSERT, [_fire_params(r) for r in changed.values()])
             return answers
