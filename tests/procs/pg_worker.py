@@ -89,6 +89,7 @@ def _declare_fleet(sc: Sidecars, out: TextIO) -> None:
         handle="tick",
         run_type=RunType.STANDALONE,
         schedule=Schedule(every=timedelta(seconds=1)),
+        misfire="all",  # every instant must run once, even if all replicas stall
     )
     async def tick(job: JobContext[None]) -> None:
         out.write(f"tick {int(job.scheduled_at.timestamp())} {job.attempt} {pid}\n")
@@ -98,6 +99,11 @@ def _declare_fleet(sc: Sidecars, out: TextIO) -> None:
         run_type=RunType.STANDALONE,
         schedule=Schedule(every=timedelta(seconds=1)),
         per_replica=True,
+        # The test reads these lines as "this replica was up at that instant", so a replica
+        # the loaded machine stalls for over a second must still run each instant, late.
+        misfire="all",
+        overlap="allow",
+        concurrency=4,
     )
     async def replica(job: JobContext[None]) -> None:
         out.write(f"replica {int(job.scheduled_at.timestamp())} {pid}\n")
