@@ -46,7 +46,7 @@ class SystemClock:
 
     def time(self) -> float:
         """Now, as float seconds since the Unix epoch."""
-        return datetime.now(timezone.utc).timestamp()
+        return time.time()
 
     def now(self) -> datetime:
         """Now, as an aware UTC datetime."""

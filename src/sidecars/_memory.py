@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._clock import busy
+from ._clock import FakeClock, busy
+from ._ids import new_id
 from ._records import JobInfo, JobRef, JobState, Outcome, RunType
 from ._worker import execute
 from .exceptions import QueueFull, ShuttingDown
@@ -22,10 +23,13 @@ from .exceptions import QueueFull, ShuttingDown
 if TYPE_CHECKING:
     from ._runner import Runner
     from ._sidecar import Sidecar
+    from ._stats import Counters
 
 __all__ = ("History", "MemoryPool")
 
 log = logging.getLogger("sidecars")
+
+_NO_TRACKING = contextlib.nullcontext()
 
 
 def _dt(ts: float | None) -> datetime | None:
@@ -45,20 +49,24 @@ class MemoryRecord:
         "id",
         "key",
         "outcome",
+        "payload",
         "payload_json",
         "scope",
         "started_at",
         "state",
     )
 
-    def __init__(self, handle: str, payload_json: str, now: float) -> None:
-        self.id = uuid4()
+    def __init__(
+        self, handle: str, payload_json: str, payload: Any, now: float, key: str | None
+    ) -> None:
+        self.id = new_id()
         self.handle = handle
         self.payload_json = payload_json
+        self.payload = payload  # the copy the handler gets
         self.created_at = now
         self.state = JobState.QUEUED
         self.attempts = 0
-        self.key: str | None = None
+        self.key = key
         self.scope: anyio.CancelScope | None = None
         self.cancel_requested = False
         self.outcome: Outcome | None = None
@@ -105,12 +113,6 @@ class History:
         return self._records.get(job_id)
 
 
-@dataclass(slots=True)
-class _Item:
-    record: MemoryRecord
-    payload: Any
-
-
 class MemoryPool:
     """The queue and the workers of one MEMORY sidecar."""
 
@@ -118,8 +120,8 @@ class MemoryPool:
         self.runner = runner
         self.sidecar = sidecar
         self.handle = sidecar.handle
-        send: MemoryObjectSendStream[_Item]
-        receive: MemoryObjectReceiveStream[_Item]
+        send: MemoryObjectSendStream[MemoryRecord]
+        receive: MemoryObjectReceiveStream[MemoryRecord]
         send, receive = anyio.create_memory_object_stream(sidecar.settings.max_pending)
         self._send = send
         self._receive = receive
@@ -137,48 +139,56 @@ class MemoryPool:
             self._workers += 1
             tg.start_soon(self._worker, name=f"sidecars memory worker {self.handle}#{i}")
 
-    async def submit(
-        self, payloads: list[tuple[str, Any]], keys: Sequence[str | None] | None = None
-    ) -> list[JobRef]:
+    def submit_nowait(self, text: str, copy: Any, key: str | None) -> JobRef | None:
+        """Queue one job if that needs no waiting; None when the queue is full and the
+        sidecar waits for room (``on_full="block"``): then call :meth:`submit`."""
         runner = self.runner
         if not runner.accepting:
             raise ShuttingDown(f"sidecar {self.handle!r}: the runner is shutting down")
-        stats = runner.stats_for(self.handle)
-        now = runner.clock.time()
+        if key is not None:
+            queued = self._keys.get(key)
+            if queued is not None and queued.state is JobState.QUEUED:
+                return JobRef(id=queued.id, handle=self.handle, created=False)
+        record = MemoryRecord(self.handle, text, copy, runner.clock.time(), key)
+        try:
+            self._send.send_nowait(record)
+        except anyio.WouldBlock:
+            if self.sidecar.settings.on_full == "raise":
+                raise QueueFull(
+                    f"sidecar {self.handle!r}: {self.sidecar.settings.max_pending} jobs "
+                    "are already pending (max_pending); on_full='raise'"
+                ) from None
+            return None
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise ShuttingDown(f"sidecar {self.handle!r}: the runner is shutting down") from None
+        self._queued(record)
+        return JobRef(id=record.id, handle=self.handle)
+
+    def _queued(self, record: MemoryRecord) -> None:
+        self.runner.history.add(record)
+        if record.key is not None:
+            self._keys[record.key] = record
+        self.runner.counters[self.handle].enqueued += 1
+
+    async def submit(
+        self, payloads: list[tuple[str, Any]], keys: Sequence[str | None] | None = None
+    ) -> list[JobRef]:
         refs = []
         for i, (text, copy) in enumerate(payloads):
             key = keys[i] if keys is not None else None
-            if key is not None:
-                queued = self._keys.get(key)
-                if queued is not None and queued.state is JobState.QUEUED:
-                    refs.append(JobRef(id=queued.id, handle=self.handle, created=False))
-                    continue
-            record = MemoryRecord(self.handle, text, now)
-            record.key = key
-            item = _Item(record, copy)
-            try:
-                self._send.send_nowait(item)
-            except anyio.WouldBlock:
-                if self.sidecar.settings.on_full == "raise":
-                    raise QueueFull(
-                        f"sidecar {self.handle!r}: {self.sidecar.settings.max_pending} jobs "
-                        "are already pending (max_pending); on_full='raise'"
-                    ) from None
+            ref = self.submit_nowait(text, copy, key)
+            if ref is None:
+                # Full, on_full="block": wait for room.
+                record = MemoryRecord(self.handle, text, copy, self.runner.clock.time(), key)
                 try:
-                    await self._send.send(item)
+                    await self._send.send(record)
                 except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                     raise ShuttingDown(
                         f"sidecar {self.handle!r}: the runner is shutting down"
                     ) from None
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                raise ShuttingDown(
-                    f"sidecar {self.handle!r}: the runner is shutting down"
-                ) from None
-            runner.history.add(record)
-            if key is not None:
-                self._keys[key] = record
-            stats.enqueued += 1
-            refs.append(JobRef(id=record.id, handle=self.handle))
+                self._queued(record)
+                ref = JobRef(id=record.id, handle=self.handle)
+            refs.append(ref)
         return refs
 
     def cancel(self, record: MemoryRecord) -> JobState:
@@ -199,7 +209,8 @@ class MemoryPool:
         record.state = JobState.QUEUED
         record.attempts = 0
         record.finished_at = None
-        await self._send.send(_Item(record, payload))
+        record.payload = payload
+        await self._send.send(record)
 
     def _forget_key(self, record: MemoryRecord) -> None:
         if record.key is not None and self._keys.get(record.key) is record:
@@ -221,13 +232,13 @@ class MemoryPool:
                 item = self._receive.receive_nowait()
             except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                 break
-            item.record.state = JobState.CANCELLED
-            item.record.outcome = Outcome.SHUTDOWN
-            item.record.finished_at = now
+            item.state = JobState.CANCELLED
+            item.outcome = Outcome.SHUTDOWN
+            item.finished_at = now
             dropped += 1
         return dropped
 
-    async def _retry(self, item: _Item, delay: float) -> None:
+    async def _retry(self, item: MemoryRecord, delay: float) -> None:
         clock = self.runner.clock
         try:
             await clock.sleep_until(clock.time() + delay)
@@ -244,90 +255,111 @@ class MemoryPool:
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             self._drop(item)
 
-    def _drop(self, item: _Item) -> None:
-        item.record.state = JobState.CANCELLED
-        item.record.outcome = Outcome.SHUTDOWN
+    def _drop(self, item: MemoryRecord) -> None:
+        item.state = JobState.CANCELLED
+        item.outcome = Outcome.SHUTDOWN
         self.runner.stats_for(self.handle).dropped += 1
 
     async def _worker(self) -> None:
+        try:
+            while True:
+                # One cancel scope per run of jobs, not per job: sc.cancel() cancels it to
+                # stop the job this worker runs, and the worker then opens a fresh one.
+                with anyio.CancelScope() as scope:
+                    if await self._work(scope):
+                        return
+        finally:
+            self._workers -= 1
+            if self._workers == 0:
+                self.idle.set()
+
+    async def _work(self, scope: anyio.CancelScope) -> bool:
+        """Run jobs until the queue ends (True) or a running job was cancelled (False)."""
         receive = self._receive
         sidecar = self.sidecar
         runner = self.runner
+        clock = runner.clock
+        tracked = isinstance(clock, FakeClock)  # a fake clock waits for work in progress
         stats = runner.stats_for(self.handle)
-        try:
-            while True:
-                # Take queued work without a checkpoint per job; block only when empty.
+        while True:
+            # Take queued work without a checkpoint per job; block only when empty.
+            try:
+                record = receive.receive_nowait()
+            except anyio.WouldBlock:
                 try:
-                    item = receive.receive_nowait()
-                except anyio.WouldBlock:
-                    try:
-                        item = await receive.receive()
-                    except anyio.EndOfStream:
-                        return
+                    record = await receive.receive()
                 except anyio.EndOfStream:
-                    return
-                record = item.record
-                if record.state is not JobState.QUEUED:
-                    continue  # cancelled while it waited
-                self._forget_key(record)  # once it starts, the key is free again
-                record.state = JobState.RUNNING
-                record.started_at = runner.clock.time()
-                self.running += 1
-                stats.running += 1
-                record.attempts += 1
-                try:
-                    with busy(runner.clock), anyio.CancelScope() as scope:
-                        record.scope = scope
-                        result = await execute(
-                            runner,
-                            sidecar,
-                            payload=item.payload,
-                            job_id=record.id,
-                            attempt=record.attempts,
-                            scheduled_at=record.created_at,
-                        )
-                    record.scope = None
-                    if record.cancel_requested:
-                        record.cancel_requested = False
-                        record.state = JobState.CANCELLED
-                        record.outcome = Outcome.CANCELLED
-                        record.finished_at = runner.clock.time()
-                        stats.dropped += 1
-                        continue
-                except anyio.get_cancelled_exc_class():
-                    # Shutdown ran out of grace: the job is dropped, and says so.
-                    record.state = JobState.CANCELLED
-                    record.outcome = Outcome.SHUTDOWN
-                    stats.dropped += 1
-                    raise
-                finally:
-                    self.running -= 1
-                    stats.running -= 1
-                    record.finished_at = runner.clock.time()
-                outcome = result.outcome
-                record.outcome = outcome
-                record.error = result.error
-                stats.count(outcome)
-                policy = sidecar.retry
-                if (
-                    outcome is not Outcome.OK
-                    and record.attempts < policy.max_attempts
-                    and policy.retries(result.exception)
-                ):
-                    # The retry waits outside the worker: the slot is free meanwhile.
-                    record.state = JobState.QUEUED
-                    runner.background(
-                        functools.partial(self._retry, item, policy.delay(record.attempts))
+                    return True
+            except anyio.EndOfStream:
+                return True
+            if record.state is not JobState.QUEUED:
+                continue  # cancelled while it waited
+            self._forget_key(record)  # once it starts, the key is free again
+            record.state = JobState.RUNNING
+            record.started_at = started = clock.time()
+            self.running += 1
+            stats.running += 1
+            record.attempts += 1
+            record.scope = scope
+            try:
+                with busy(clock) if tracked else _NO_TRACKING:
+                    result = await execute(
+                        runner,
+                        sidecar,
+                        payload=record.payload,
+                        job_id=record.id,
+                        attempt=record.attempts,
+                        scheduled_at=record.created_at,
+                        started=started,
                     )
-                else:
-                    record.state = JobState.SUCCEEDED if outcome is Outcome.OK else JobState.FAILED
+            except anyio.get_cancelled_exc_class():
+                if record.cancel_requested:
+                    self._cancelled(record, stats)
+                    raise  # caught by this worker's scope, which is then replaced
+                # Shutdown ran out of grace: the job is dropped, and says so.
+                record.state = JobState.CANCELLED
+                record.outcome = Outcome.SHUTDOWN
+                stats.dropped += 1
+                raise
+            finally:
+                record.scope = None
+                self.running -= 1
+                stats.running -= 1
+                record.finished_at = clock.time()
+            if record.cancel_requested:
+                # Cancelled after its last checkpoint: the pending cancel must not reach
+                # the next job, so this scope ends here.
+                self._cancelled(record, stats)
+                return False
+            outcome = result.outcome
+            record.outcome = outcome
+            record.error = result.error
+            stats.count(outcome)
+            policy = sidecar.retry
+            if (
+                outcome is not Outcome.OK
+                and record.attempts < policy.max_attempts
+                and policy.retries(result.exception)
+            ):
+                # The retry waits outside the worker: the slot is free meanwhile.
+                record.state = JobState.QUEUED
+                runner.background(
+                    functools.partial(self._retry, record, policy.delay(record.attempts))
+                )
+            else:
+                record.state = JobState.SUCCEEDED if outcome is Outcome.OK else JobState.FAILED
+                record.payload = None  # the history keeps the JSON, not the model
+            if result.thread_done is not None:
                 # A sync handler past its timeout still runs in its thread: keep the slot.
                 self.running += 1
                 try:
                     await result.release_slot()
                 finally:
                     self.running -= 1
-        finally:
-            self._workers -= 1
-            if self._workers == 0:
-                self.idle.set()
+
+    def _cancelled(self, record: MemoryRecord, stats: Counters) -> None:
+        record.cancel_requested = False
+        record.state = JobState.CANCELLED
+        record.outcome = Outcome.CANCELLED
+        record.finished_at = self.runner.clock.time()
+        stats.dropped += 1

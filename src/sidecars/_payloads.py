@@ -111,6 +111,22 @@ class PayloadCodec:
             validated = adapter.validate_python(value)
         except ValidationError as exc:
             raise self._errors(exc) from None
+        # The common case costs three pydantic calls and one comparison: the copy read back
+        # from the JSON equals what was validated. NaN never equals itself, so a
+        # non-finite float always takes the careful path below, as does anything else
+        # that fails or changes on the way.
+        try:
+            text = adapter.dump_json(validated).decode()
+            copy = adapter.validate_json(text)
+            if copy == validated and type(copy) is type(validated):
+                return text, copy
+        except (PydanticSerializationError, ValidationError, UnicodeDecodeError):
+            pass
+        return self._encode_carefully(validated)
+
+    def _encode_carefully(self, validated: Any) -> tuple[str, Any]:
+        """Every check, one at a time, so the error names the field and the reason."""
+        adapter = self._adapter
         before = adapter.dump_python(validated)
         bad = _find_unencodable(before, ())
         if bad is not None:

@@ -334,11 +334,12 @@ class Sidecar(Generic[P]):
             ShuttingDown: the runner is shutting down.
             QueueFull: the MEMORY queue is full and ``on_full="raise"``.
         """
-        _check_key(self.handle, key)
+        if key is not None:
+            _check_key(self.handle, key)
         if self.run_type is RunType.MEMORY:
-            _memory_only_now(self.handle, run_at=run_at, delay=delay, connection=connection)
-            (ref,) = await self._app._enqueue_memory_many(self, [payload], [key])
-            return ref
+            if run_at is not None or delay is not None or connection is not None:
+                _memory_only_now(self.handle, run_at=run_at, delay=delay, connection=connection)
+            return await self._app._enqueue_memory(self, payload, key)
         if self.run_type is RunType.STANDALONE:
             raise InvalidArgument(
                 f"sidecar {self.handle!r}: a STANDALONE sidecar runs on its schedule and "

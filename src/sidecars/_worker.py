@@ -99,18 +99,18 @@ async def execute(
     job_id: UUID,
     attempt: int,
     scheduled_at: float,
+    started: float | None = None,
 ) -> RunResult:
     """Run one job's handler and say how it ended.
 
+    ``started`` is the clock's reading when the run began, if the caller has one already.
     Handler errors are caught, logged and returned: they never escape into the runner.
     Cancellation from outside (shutdown, a lost lease) propagates as usual.
     """
     timeout = sidecar.settings.timeout
     handle = sidecar.handle
-    clock = runner.clock
-    logger = runner.job_logger(handle)
-    started_wall = clock.time()
-    deadline = None if timeout is None else started_wall + timeout
+    app = runner.app
+    started_wall = runner.clock.time() if started is None else started
     scheduled = datetime.fromtimestamp(scheduled_at, timezone.utc)
     context: JobContext[Any] = JobContext(
         payload=payload,
@@ -118,25 +118,54 @@ async def execute(
         handle=handle,
         attempt=attempt,
         scheduled_at=scheduled,
-        deadline=None if deadline is None else datetime.fromtimestamp(deadline, timezone.utc),
-        logger=logger,
+        deadline=None
+        if timeout is None
+        else datetime.fromtimestamp(started_wall + timeout, timezone.utc),
+        logger=runner.job_logger(handle),
     )
-    hooks = runner.app._hooks_start, runner.app._hooks_end
-    started_at = datetime.fromtimestamp(started_wall, timezone.utc)
-    if hooks[0]:
-        runner.app._emit(
-            hooks[0],
+    hooks_start, hooks_end = app._hooks_start, app._hooks_end
+    if hooks_start:
+        app._emit(
+            hooks_start,
             JobEvent(
                 handle=handle,
                 job_id=job_id,
                 attempt=attempt,
                 scheduled_at=scheduled,
-                started_at=started_at,
+                started_at=datetime.fromtimestamp(started_wall, timezone.utc),
             ),
         )
     t0 = time.monotonic()
     result = await _call(runner, sidecar, context, timeout)
     duration = time.monotonic() - t0
+    outcome = result.outcome
+    if outcome is not Outcome.OK or log.isEnabledFor(logging.DEBUG):
+        _log_end(handle, job_id, attempt, timeout, duration, result)
+    if hooks_end:
+        app._emit(
+            hooks_end,
+            JobEvent(
+                handle=handle,
+                job_id=job_id,
+                attempt=attempt,
+                scheduled_at=scheduled,
+                started_at=datetime.fromtimestamp(started_wall, timezone.utc),
+                outcome=outcome,
+                duration=duration,
+                error=result.error,
+            ),
+        )
+    return result
+
+
+def _log_end(
+    handle: str,
+    job_id: UUID,
+    attempt: int,
+    timeout: float | None,
+    duration: float,
+    result: RunResult,
+) -> None:
     fields = {
         "handle": handle,
         "job_id": str(job_id),
@@ -145,15 +174,14 @@ async def execute(
         "duration": round(duration, 6),
     }
     if result.outcome is Outcome.OK:
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "sidecar %r job %s succeeded (attempt %d, %.3fs)",
-                handle,
-                job_id,
-                attempt,
-                duration,
-                extra=fields,
-            )
+        log.debug(
+            "sidecar %r job %s succeeded (attempt %d, %.3fs)",
+            handle,
+            job_id,
+            attempt,
+            duration,
+            extra=fields,
+        )
     elif result.outcome is Outcome.TIMEOUT:
         log.warning(
             "sidecar %r job %s timed out after %ss (attempt %d)%s",
@@ -176,21 +204,6 @@ async def execute(
             exc_info=result.exception,
             extra=fields,
         )
-    if hooks[1]:
-        runner.app._emit(
-            hooks[1],
-            JobEvent(
-                handle=handle,
-                job_id=job_id,
-                attempt=attempt,
-                scheduled_at=scheduled,
-                started_at=started_at,
-                outcome=result.outcome,
-                duration=duration,
-                error=result.error,
-            ),
-        )
-    return result
 
 
 async def _call(
