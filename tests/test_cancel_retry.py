@@ -163,3 +163,30 @@ async def test_memory_cancel_retry_and_keys() -> None:
         assert await sc.retry(failing.id)
         await state_of(sc, failing.id, JobState.SUCCEEDED)
     assert runs == [0, 3, 3]
+
+
+async def test_memory_cancel_that_lands_after_the_last_checkpoint_stays_with_its_job() -> None:
+    """A running MEMORY job cancelled after its last checkpoint ends cancelled, and the
+    cancellation never reaches the next job on the same worker."""
+    sc = Sidecars()
+    ran: list[int] = []
+
+    @sc.sidecar(handle="mem", run_type=RunType.MEMORY, concurrency=1)
+    async def mem(job: JobContext[Task]) -> None:
+        if job.payload.n == 0:
+            await sc.cancel(job.job_id)  # the cancel is requested; no checkpoint follows
+            ran.append(0)
+            return
+        await anyio.sleep(0)  # a checkpoint the old cancellation would hit
+        ran.append(job.payload.n)
+
+    async with sc.run():
+        first = await mem.enqueue(Task(n=0))
+        second = await mem.enqueue(Task(n=1))
+        await state_of(sc, first.id, JobState.CANCELLED)
+        await state_of(sc, second.id, JobState.SUCCEEDED)
+        third = await mem.enqueue(Task(n=2))
+        await state_of(sc, third.id, JobState.SUCCEEDED)
+    assert ran == [0, 1, 2]
+    info = await sc.get_job(first.id)
+    assert info is not None and info.outcome is Outcome.CANCELLED
