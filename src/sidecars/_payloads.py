@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError
 
 from .exceptions import InvalidDeclaration, PayloadError
@@ -84,7 +84,7 @@ def _find_unencodable(value: Any, path: tuple[int | str, ...]) -> tuple[str, str
 class PayloadCodec:
     """Validates, encodes and decodes the payloads of one sidecar."""
 
-    __slots__ = ("_adapter", "handle", "payload_type")
+    __slots__ = ("_adapter", "_plain_models", "handle", "payload_type")
 
     def __init__(self, handle: str, payload_type: Any) -> None:
         self.handle = handle
@@ -96,6 +96,17 @@ class PayloadCodec:
                 f"sidecar {handle!r}: field 'payload': pydantic cannot handle the payload type "
                 f"{payload_type!r}: {exc}"
             ) from exc
+
+        # Model classes whose equality is pydantic's own (fields, extra, private), so
+        # comparing those three directly means the same.
+        self._plain_models: frozenset[type] = frozenset(
+            [payload_type]
+            if isinstance(payload_type, type)
+            and issubclass(payload_type, BaseModel)
+            and payload_type.__eq__ is BaseModel.__eq__
+            and not payload_type.__pydantic_generic_metadata__["origin"]
+            else []
+        )
 
     def _errors(self, exc: ValidationError) -> PayloadError:
         return PayloadError(self.handle, [(_loc(err["loc"]), err["msg"]) for err in exc.errors()])
@@ -118,7 +129,15 @@ class PayloadCodec:
         try:
             text = adapter.dump_json(validated).decode()
             copy = adapter.validate_json(text)
-            if copy == validated and type(copy) is type(validated):
+            kind = type(copy)
+            if kind is type(validated) and (
+                # A model's own __eq__ does more work than it needs to here.
+                copy.__dict__ == validated.__dict__
+                and copy.__pydantic_extra__ == validated.__pydantic_extra__
+                and copy.__pydantic_private__ == validated.__pydantic_private__
+                if kind in self._plain_models
+                else copy == validated
+            ):
                 return text, copy
         except (PydanticSerializationError, ValidationError, UnicodeDecodeError):
             pass

@@ -77,6 +77,9 @@ class RunResult:
             await self.thread_done.wait()
 
 
+_OK = RunResult(Outcome.OK)  # shared: a result is never changed once made
+
+
 def describe_error(exc: BaseException) -> str:
     """An error as stored on a failed job: type, message and traceback."""
     head = f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"
@@ -215,15 +218,15 @@ async def _call(
             if limit is None:
                 # No cancel scope on the fast path (DESIGN "speed").
                 await handler(context)  # type: ignore[misc]
-                return RunResult(Outcome.OK)
+                return _OK
             with anyio.move_on_after(limit) as scope:
                 await handler(context)  # type: ignore[misc]
             if scope.cancel_called:
                 return RunResult(Outcome.TIMEOUT, f"timed out after {limit}s")
-            return RunResult(Outcome.OK)
+            return _OK
         if limit is None:
             await _in_thread(runner, sidecar, context)
-            return RunResult(Outcome.OK)
+            return _OK
         return await _call_thread_with_timeout(runner, sidecar, context, limit)
     except Exception as exc:
         return RunResult(Outcome.ERROR, describe_error(exc), exc)
@@ -254,4 +257,4 @@ async def _call_thread_with_timeout(
         return RunResult(Outcome.TIMEOUT, f"timed out after {limit}s", thread_done=done)
     if failure:
         return RunResult(Outcome.ERROR, describe_error(failure[0]), failure[0])
-    return RunResult(Outcome.OK)
+    return _OK
