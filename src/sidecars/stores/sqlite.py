@@ -491,37 +491,38 @@ class SQLiteStore:
             await anyio.sleep(random.uniform(0, delay))
             delay = min(delay * 2, _BUSY_MAX_DELAY)
 
-    async def _write(self, what: str, body: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
-        """Run ``body`` in one ``BEGIN IMMEDIATE`` transaction and commit it.
+    async def _write(self, what: str, body: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``body`` in one ``BEGIN IMMEDIATE`` transaction on the connection's thread.
 
-        Shielded from cancellation: the statements already run on the connection's thread
-        whatever happens to the caller, and the connection must never be left inside an
-        open transaction. A cancelled caller is stopped before the transaction starts
-        instead: once started, the call completes and returns its result, so a claim's
-        jobs are never dropped on the floor.
+        The whole transaction (begin, statements, commit or rollback) is one call into the
+        connection's thread: one thread hop per transaction, not one per statement, and a
+        transaction can never be left open. Shielded from cancellation: once started, the
+        call completes and returns its result, so a claim's jobs are never dropped on the
+        floor; a cancelled caller is stopped before the transaction starts instead. A
+        transaction that found the file locked is rolled back and tried again, whole.
         """
         await anyio.lowlevel.checkpoint_if_cancelled()
         with anyio.CancelScope(shield=True):
             async with self._lock:
-                result = await self._transaction(what, body)
-        return result
+                conn = await self._connection()
 
-    async def _transaction(
-        self, what: str, body: Callable[[aiosqlite.Connection], Awaitable[T]]
-    ) -> T:
-        conn = await self._connection()
-        try:
-            await self._retry_busy(what, lambda: conn.execute("BEGIN IMMEDIATE"))
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"SQLite store {self.path!r}: {exc}") from exc
-        try:
-            result = await body(conn)
-            await conn.execute("COMMIT")
-        except BaseException as exc:
-            await _rollback(conn)
-            if isinstance(exc, sqlite3.OperationalError):
-                raise StoreUnavailable(f"SQLite store {self.path!r}: {exc}") from exc
-            raise
+                def transaction(db: sqlite3.Connection) -> T:
+                    db.execute("BEGIN IMMEDIATE")
+                    try:
+                        result = body(db)
+                        db.execute("COMMIT")
+                    except BaseException:
+                        if db.in_transaction:
+                            # SQLite may already have rolled back (for example a full disk).
+                            with contextlib.suppress(sqlite3.OperationalError):
+                                db.execute("ROLLBACK")
+                        raise
+                    return result
+
+                try:
+                    result = await self._retry_busy(what, lambda: _on_thread(conn, transaction))
+                except sqlite3.OperationalError as exc:
+                    raise StoreUnavailable(f"SQLite store {self.path!r}: {exc}") from exc
         return result
 
     async def _read(self, sql: str, params: Sequence[Any] | dict[str, Any]) -> list[Any]:
@@ -570,12 +571,12 @@ class SQLiteStore:
         return batch.refs[start : start + len(jobs)]
 
     async def _flush(self, batch: _Batch) -> None:
-        async def insert(conn: aiosqlite.Connection) -> list[JobRef]:
+        def insert(db: sqlite3.Connection) -> list[JobRef]:
             # Detached only now that the lock is ours, so callers arriving while the previous
             # transaction ran have all joined this one.
             if self._pending is batch:
                 self._pending = None
-            return await _insert(conn, batch.jobs)
+            return _insert(db, batch.jobs)
 
         try:
             batch.refs = await self._write("enqueue", insert)
@@ -608,12 +609,13 @@ class SQLiteStore:
         token = uuid4().hex
         until = now + lease
 
-        async def body(conn: aiosqlite.Connection) -> list[Any]:
-            await conn.execute(
+        def body(db: sqlite3.Connection) -> list[Any]:
+            db.execute(
                 _FAIL_LOST.format(handles=placeholders),
                 {**params, "now": now, "error": LEASE_LOST_ERROR},
             )
-            rows = await conn.execute_fetchall(
+            rows = _fetchall(
+                db,
                 _claim_sql(len(names)),
                 {**params, "now": now, "token": token, "until": until, "limit": limit},
             )
@@ -628,8 +630,8 @@ class SQLiteStore:
             return set()
         pairs = json.dumps([[str(item.id), item.token] for item in leases])
 
-        async def body(conn: aiosqlite.Connection) -> list[Any]:
-            return list(await conn.execute_fetchall(_RENEW, (now + lease, pairs)))
+        def body(db: sqlite3.Connection) -> list[Any]:
+            return list(_fetchall(db, _RENEW, (now + lease, pairs)))
 
         return {UUID(row[0]) for row in await self._write("renew", body)}
 
@@ -658,10 +660,10 @@ class SQLiteStore:
             ]
         )
 
-        async def body(conn: aiosqlite.Connection) -> list[Any]:
-            rows = list(await conn.execute_fetchall(_FINISH, (data,)))
+        def body(db: sqlite3.Connection) -> list[Any]:
+            rows = list(_fetchall(db, _FINISH, (data,)))
             if len(rows) < len(results) and any(r.state is JobState.QUEUED for r in results):
-                rows += await conn.execute_fetchall(_SUPERSEDE_FINISH, (SUPERSEDED_ERROR, data))
+                rows += _fetchall(db, _SUPERSEDE_FINISH, (SUPERSEDED_ERROR, data))
             return rows
 
         return {UUID(row[0]) for row in await self._write("finish", body)}
@@ -672,10 +674,10 @@ class SQLiteStore:
             return
         pairs = json.dumps([[str(item.id), item.token] for item in leases])
 
-        async def body(conn: aiosqlite.Connection) -> None:
-            cursor = await conn.execute(_RELEASE, (now, pairs))
+        def body(db: sqlite3.Connection) -> None:
+            cursor = db.execute(_RELEASE, (now, pairs))
             if cursor.rowcount < len(leases):
-                await conn.execute(_SUPERSEDE_RELEASE, (SUPERSEDED_ERROR, now, pairs))
+                db.execute(_SUPERSEDE_RELEASE, (SUPERSEDED_ERROR, now, pairs))
 
         await self._write("release", body)
 
@@ -744,13 +746,11 @@ class SQLiteStore:
         left as it is (the answer is its state).
         """
 
-        async def body(conn: aiosqlite.Connection) -> list[Any]:
-            rows = list(await conn.execute_fetchall(_CANCEL, (now, str(job_id))))
+        def body(db: sqlite3.Connection) -> list[Any]:
+            rows = list(_fetchall(db, _CANCEL, (now, str(job_id))))
             if not rows:
                 rows = list(
-                    await conn.execute_fetchall(
-                        "SELECT state FROM sidecars_jobs WHERE id = ?", (str(job_id),)
-                    )
+                    _fetchall(db, "SELECT state FROM sidecars_jobs WHERE id = ?", (str(job_id),))
                 )
             return rows
 
@@ -767,8 +767,8 @@ class SQLiteStore:
             or has a key that another queued job of its handle holds (it is left as it is).
         """
 
-        async def body(conn: aiosqlite.Connection) -> list[Any]:
-            return list(await conn.execute_fetchall(_RETRY, (now, str(job_id))))
+        def body(db: sqlite3.Connection) -> list[Any]:
+            return list(_fetchall(db, _RETRY, (now, str(job_id))))
 
         return bool(await self._write("retry", body))
 
@@ -800,17 +800,17 @@ class SQLiteStore:
         keys = json.dumps([[r.handle, r.fire_at] for r in requests])
         handles = json.dumps(list(dict.fromkeys(r.handle for r in requests)))
 
-        async def body(conn: aiosqlite.Connection) -> list[FireClaim]:
+        def body(db: sqlite3.Connection) -> list[FireClaim]:
             rows = {
                 (row.handle, row.fire_at): row
-                for row in map(_fire_row, await conn.execute_fetchall(_FIRE_ROWS, (keys,)))
+                for row in map(_fire_row, _fetchall(db, _FIRE_ROWS, (keys,)))
             }
             running: dict[str, set[int]] = {}
-            for handle, fire_at in await conn.execute_fetchall(_FIRES_RUNNING, (handles, now)):
+            for handle, fire_at in _fetchall(db, _FIRES_RUNNING, (handles, now)):
                 running.setdefault(handle, set()).add(fire_at)
             answers, changed = decide_fires(requests, rows, running, now=now, lease=lease)
             if changed:
-                await conn.executemany(_FIRE_UPSERT, [_fire_params(r) for r in changed.values()])
+                db.executemany(_FIRE_UPSERT, [_fire_params(r) for r in changed.values()])
             return answers
 
         return await self._write("claim fires", body)
@@ -823,8 +823,8 @@ class SQLiteStore:
             return set()
         data = _fire_leases(leases)
 
-        async def body(conn: aiosqlite.Connection) -> list[Any]:
-            return list(await conn.execute_fetchall(_RENEW_FIRES, (now + lease, data)))
+        def body(db: sqlite3.Connection) -> list[Any]:
+            return list(_fetchall(db, _RENEW_FIRES, (now + lease, data)))
 
         return {(row[0], row[1]) for row in await self._write("renew fires", body)}
 
@@ -852,8 +852,8 @@ class SQLiteStore:
             lease.token,
         )
 
-        async def body(conn: aiosqlite.Connection) -> list[Any]:
-            return list(await conn.execute_fetchall(_FINISH_FIRE, params))
+        def body(db: sqlite3.Connection) -> list[Any]:
+            return list(_fetchall(db, _FINISH_FIRE, params))
 
         return bool(await self._write("finish a fire", body))
 
@@ -863,8 +863,8 @@ class SQLiteStore:
             return
         data = _fire_leases(leases)
 
-        async def body(conn: aiosqlite.Connection) -> None:
-            await conn.execute(_RELEASE_FIRES, (data,))
+        def body(db: sqlite3.Connection) -> None:
+            db.execute(_RELEASE_FIRES, (data,))
 
         await self._write("release fires", body)
 
@@ -884,8 +884,8 @@ class SQLiteStore:
         return await self._prune_batches("prune fires", _PRUNE_FIRES, before)
 
     async def _prune_batches(self, what: str, sql: str, before: float) -> int:
-        async def body(conn: aiosqlite.Connection) -> int:
-            cursor = await conn.execute(sql, (before, _PRUNE_BATCH))
+        def body(db: sqlite3.Connection) -> int:
+            cursor = db.execute(sql, (before, _PRUNE_BATCH))
             return cursor.rowcount
 
         total = 0
@@ -896,13 +896,13 @@ class SQLiteStore:
                 return total
 
 
-async def _insert(conn: aiosqlite.Connection, jobs: Sequence[NewJob]) -> list[JobRef]:
+def _insert(db: sqlite3.Connection, jobs: Sequence[NewJob]) -> list[JobRef]:
     """Insert a batch inside the caller's write transaction; one reference per job."""
     plan = KeyPlan(jobs)
     plain = [job for job in plan.unique if job.key is None]
     keyed = [job for job in plan.unique if job.key is not None]
     if plain:
-        await conn.executemany(
+        db.executemany(
             _INSERT,
             [
                 (str(j.id), j.handle, j.payload, j.max_attempts, j.run_at, j.created_at)
@@ -911,7 +911,7 @@ async def _insert(conn: aiosqlite.Connection, jobs: Sequence[NewJob]) -> list[Jo
         )
     holders: dict[tuple[str, str], UUID] = {}
     if keyed:
-        await conn.executemany(
+        db.executemany(
             _INSERT_KEYED,
             [
                 (str(j.id), j.handle, j.payload, j.max_attempts, j.run_at, j.created_at, j.key)
@@ -919,7 +919,7 @@ async def _insert(conn: aiosqlite.Connection, jobs: Sequence[NewJob]) -> list[Jo
             ],
         )
         keys = json.dumps([[j.handle, j.key] for j in keyed])
-        for handle, key, id_ in await conn.execute_fetchall(_KEY_HOLDERS, (keys,)):
+        for handle, key, id_ in _fetchall(db, _KEY_HOLDERS, (keys,)):
             holders[(handle, key)] = UUID(id_)
     answers: list[tuple[UUID, bool]] = []
     for job in plan.unique:
@@ -993,6 +993,21 @@ async def _rollback(conn: aiosqlite.Connection) -> None:
     # SQLite may already have rolled back on the error (for example a full disk).
     with contextlib.suppress(sqlite3.OperationalError):
         await conn.execute("ROLLBACK")
+
+
+def _fetchall(db: sqlite3.Connection, sql: str, params: Any = ()) -> list[Any]:
+    return db.execute(sql, params).fetchall()
+
+
+async def _on_thread(conn: aiosqlite.Connection, func: Callable[[sqlite3.Connection], T]) -> T:
+    """Call ``func`` with the sqlite3 connection, on the connection's own thread.
+
+    aiosqlite runs each statement as one call queued to that thread; this queues a whole
+    function the same way (its ``_execute``), so many statements cost one hop.
+    """
+    db: sqlite3.Connection = conn._conn
+    result: T = await conn._execute(func, db)  # type: ignore[no-untyped-call]
+    return result
 
 
 def _worker_thread(conn: aiosqlite.Connection) -> threading.Thread | None:
