@@ -205,3 +205,9 @@ async def get_job(job_id: str, sidecars: SidecarsDep) -> JobInfo:
 async def stats(sidecars: SidecarsDep) -> Any:
     """Counts per sidecar."""
     return await sidecars.stats()
+
+
+@app.get("/health")
+async def health() -> dict[str, bool]:
+    """A trivial endpoint: the process is up and answering."""
+    return {"ok": True}

@@ -44,6 +44,13 @@ def test_bad_email_is_refused(example_server: Server) -> None:
     assert not (example_server.data_dir / "outbox").exists()
 
 
+def test_health_answers(example_server: Server) -> None:
+    """GET /health answers 200 with {"ok": true}."""
+    response = httpx.get(f"{example_server.url}/health")
+    assert response.status_code == 200
+    assert response.json() == {"ok": True}
+
+
 def test_unknown_job_is_404(example_server: Server) -> None:
     """GET /jobs/{id} of an unknown id is 404."""
     response = httpx.get(f"{example_server.url}/jobs/00000000-0000-0000-0000-000000000000")
