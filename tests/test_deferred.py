@@ -404,6 +404,14 @@ class FlakyFinish:
             raise ConnectionError("database restarting")
         return await self.inner.finish(results)  # type: ignore[arg-type]
 
+    async def finish_and_claim(
+        self, results: Sequence[object], claims: Sequence[tuple[str, int]], **kw: float
+    ) -> tuple[set[UUID], list[object]]:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("database restarting")
+        return await self.inner.finish_and_claim(results, claims, **kw)  # type: ignore[arg-type,return-value]
+
 
 async def test_result_write_is_retried(store: Store) -> None:
     """A finished job whose result write fails is written again, not re-run."""

@@ -67,13 +67,19 @@ class _Pool:
 
 
 class _FinishBatch:
-    __slots__ = ("applied", "done", "error", "items")
+    __slots__ = ("applied", "done", "error", "freed", "items")
 
     def __init__(self) -> None:
         self.items: list[Finish] = []
+        self.freed: dict[str, int] = {}  # worker slots these finishes give back, per handle
         self.done = anyio.Event()
         self.applied: set[UUID] = set()
         self.error: BaseException | None = None
+
+    def add(self, result: Finish, handle: str, frees: bool) -> None:
+        self.items.append(result)
+        if frees:
+            self.freed[handle] = self.freed.get(handle, 0) + 1
 
 
 class DeferredConsumer:
@@ -249,17 +255,22 @@ class DeferredConsumer:
             if pool.idle <= 0:
                 continue
             jobs = await store.claim([pool.handle], pool.idle, now=clock.time(), lease=self.lease)
-            if jobs:
-                self._leases.claimed()
-            for job in jobs:
-                self.held[job.id] = _Held(job)
-                pool.idle -= 1
-                if self._stopping:
-                    continue  # shutdown began meanwhile: stop_claiming gives it back
-                pool.send.send_nowait(job)
-                self.crash.reached("after_claim")
+            self._hand_out(jobs)
         free = [p.handle for p in self.pools.values() if p.idle > 0]
         return await store.next_wakeup(free) if free else None
+
+    def _hand_out(self, jobs: list[ClaimedJob]) -> None:
+        """Hold claimed jobs and queue them for their handles' workers."""
+        if jobs:
+            self._leases.claimed()
+        for job in jobs:
+            pool = self.pools[job.handle]
+            self.held[job.id] = _Held(job)
+            pool.idle -= 1
+            if self._stopping:
+                continue  # shutdown began meanwhile: stop_claiming gives it back
+            pool.send.send_nowait(job)
+            self.crash.reached("after_claim")
 
     async def _wait(self, due: float | None) -> None:
         wake = self._wake
@@ -376,7 +387,7 @@ class DeferredConsumer:
                 finish = _result(job, JobState.QUEUED, outcome, now, error, retry_at)
             else:
                 finish = _result(job, JobState.FAILED, outcome, now, error)
-            await self._finish_one(held, finish)
+            await self._finish_one(held, finish, frees=result.thread_done is None)
             # A sync handler past its timeout still runs in its thread: keep the slot.
             await result.release_slot()
         finally:
@@ -414,25 +425,42 @@ class DeferredConsumer:
                 self.crash.reached("mid_handler")
         return result[0]
 
-    async def _finish_one(self, held: _Held, result: Finish) -> None:
-        """Store one result, group-committed with the results of concurrent workers."""
+    async def _store_batch(self, batch: _FinishBatch) -> set[UUID]:
+        if self._stopping:
+            return await self.store.finish(batch.items)
+        claims = _claims_after(self.pools, batch.freed)
+        if not claims:
+            return await self.store.finish(batch.items)
+        applied, jobs = await self.store.finish_and_claim(
+            batch.items, claims, now=self.runner.clock.time(), lease=self.lease
+        )
+        self._hand_out(jobs)
+        return applied
+
+    async def _finish_one(self, held: _Held, result: Finish, *, frees: bool = True) -> None:
+        """Store one result, group-committed with the results of concurrent workers.
+
+        The first worker of a group stores it, and in the same call claims the jobs the
+        group's freed workers (``frees``) and any idle ones will run next, so a busy
+        handle needs one store call per group instead of a finish and a claim.
+        """
         with anyio.CancelScope(shield=True):
             for attempt in range(1, _FINISH_TRIES + 1):
                 batch = self._batch
                 if batch is None:
                     batch = _FinishBatch()
                     self._batch = batch
-                    batch.items.append(result)
+                    batch.add(result, held.job.handle, frees)
                     await anyio.lowlevel.checkpoint()  # let concurrent workers join
                     self._batch = None
                     try:
-                        batch.applied = await self.store.finish(batch.items)
+                        batch.applied = await self._store_batch(batch)
                     except Exception as exc:
                         batch.error = exc
                     finally:
                         batch.done.set()
                 else:
-                    batch.items.append(result)
+                    batch.add(result, held.job.handle, frees)
                     await batch.done.wait()
                 if batch.error is None:
                     break
@@ -455,6 +483,16 @@ class DeferredConsumer:
                     held.job.id,
                 )
             self.held.pop(result.id, None)
+
+
+def _claims_after(pools: dict[str, _Pool], freed: dict[str, int]) -> list[tuple[str, int]]:
+    """How many jobs each handle can take once the slots in ``freed`` are given back."""
+    wanted = []
+    for handle, pool in pools.items():
+        room = pool.idle + freed.get(handle, 0)
+        if room > 0:
+            wanted.append((handle, room))
+    return wanted
 
 
 def _result(

@@ -368,3 +368,47 @@ class TestNextWakeup:
         assert await store.next_wakeup(["h"]) == NOW + LEASE
         await store.finish([done(claimed)])
         assert await store.next_wakeup(["h"]) == NOW + 100
+
+
+class TestFinishAndClaim:
+    async def test_finishes_then_claims_per_handle(self, store: Store) -> None:
+        """One call stores the results (fenced by token, as finish does) and claims up to
+        each handle's limit, oldest due first, leaving other handles alone."""
+        jobs = [new_job("a", run_at=NOW + i) for i in range(4)]
+        others = [new_job("b", run_at=NOW + i) for i in range(3)]
+        await store.enqueue(jobs + others)
+        (first,) = await store.claim(["a"], 1, now=NOW + 10, lease=LEASE)
+        stale = Finish(
+            id=jobs[3].id,
+            token="not-its-token",
+            state=JobState.SUCCEEDED,
+            outcome=Outcome.OK,
+            finished_at=NOW + 11,
+        )
+        applied, claimed = await store.finish_and_claim(
+            [done(first, at=NOW + 11), stale], [("a", 2), ("b", 1)], now=NOW + 11, lease=LEASE
+        )
+        assert applied == {first.id}
+        assert [(j.handle, j.id) for j in sorted(claimed, key=lambda j: (j.handle, j.run_at))] == [
+            ("a", jobs[1].id),
+            ("a", jobs[2].id),
+            ("b", others[0].id),
+        ]
+        assert all(j.attempt == 1 and j.lease_until == NOW + 11 + LEASE for j in claimed)
+        info = await store.get_job(first.id)
+        assert info is not None and info.state is JobState.SUCCEEDED
+        left = await store.claim(["a", "b"], 10, now=NOW + 12, lease=LEASE)
+        assert {j.id for j in left} == {jobs[3].id, others[1].id, others[2].id}
+
+    async def test_nothing_to_claim_still_finishes(self, store: Store) -> None:
+        """With no due job, or a zero limit, the results are stored and no job is claimed."""
+        job = new_job("a")
+        await store.enqueue([job])
+        (claimed,) = await store.claim(["a"], 1, now=NOW, lease=LEASE)
+        applied, more = await store.finish_and_claim(
+            [done(claimed)], [("a", 5), ("b", 0)], now=NOW + 1, lease=LEASE
+        )
+        assert applied == {job.id}
+        assert more == []
+        info = await store.get_job(job.id)
+        assert info is not None and info.state is JobState.SUCCEEDED

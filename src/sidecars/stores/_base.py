@@ -264,6 +264,23 @@ class Store(Protocol):
         """Record the end of runs; return the ids whose token matched."""
         ...
 
+    async def finish_and_claim(
+        self,
+        results: Sequence[Finish],
+        claims: Sequence[tuple[str, int]],
+        *,
+        now: float,
+        lease: float,
+    ) -> tuple[set[UUID], list[ClaimedJob]]:
+        """Record the end of runs, then claim up to ``limit`` due jobs for each
+        ``(handle, limit)``: what a runner does when workers free up.
+
+        The finish has the meaning and errors of :meth:`finish`. A store may do both in one
+        transaction; if the claim part fails after the finish was stored, it answers with
+        no jobs rather than an error (the runner claims again later).
+        """
+        ...
+
     async def release(self, leases: Sequence[Lease], *, now: float) -> None:
         """Give held jobs back without counting the attempt."""
         ...

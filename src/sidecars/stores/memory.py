@@ -196,6 +196,21 @@ class MemoryStore:
                 row.finished_at = result.finished_at
         return applied
 
+    async def finish_and_claim(
+        self,
+        results: Sequence[Finish],
+        claims: Sequence[tuple[str, int]],
+        *,
+        now: float,
+        lease: float,
+    ) -> tuple[set[UUID], list[ClaimedJob]]:
+        """:meth:`finish`, then :meth:`claim` for each ``(handle, limit)``."""
+        applied = await self.finish(results) if results else set()
+        claimed: list[ClaimedJob] = []
+        for handle, limit in claims:
+            claimed += await self.claim([handle], limit, now=now, lease=lease)
+        return applied, claimed
+
     async def release(self, leases: Sequence[Lease], *, now: float) -> None:
         """Give held jobs back, due at ``now``, without counting the attempt."""
         await anyio.lowlevel.checkpoint()

@@ -7,6 +7,7 @@ of sidecars that imports :mod:`asyncpg`.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
@@ -35,6 +36,8 @@ from ._convert import (
     job_info,
 )
 from ._pg_schema import MIGRATIONS, MIGRATIONS_TABLE, quote_schema
+
+log = logging.getLogger("sidecars")
 
 __all__ = ("PostgresStore",)
 
@@ -926,6 +929,11 @@ class PostgresStore:
         for result in results:
             check_finish_state(result.state)
 
+        if all(result.state is not JobState.QUEUED for result in results):
+            # No retries to re-queue: one statement, its own transaction.
+            rows = await self._fetch("finish", self._sql.finish, *_finish_columns(results))
+            return {row[0] for row in rows}
+
         async def body(conn: asyncpg.Connection) -> set[UUID]:
             async with conn.transaction():
                 rows = await conn.fetch(self._sql.finish, *_finish_columns(results))
@@ -947,6 +955,28 @@ class PostgresStore:
                 return applied
 
         return await self._write("finish", body)
+
+    async def finish_and_claim(
+        self,
+        results: Sequence[Finish],
+        claims: Sequence[tuple[str, int]],
+        *,
+        now: float,
+        lease: float,
+    ) -> tuple[set[UUID], list[ClaimedJob]]:
+        """:meth:`finish`, then :meth:`claim` for each ``(handle, limit)``.
+
+        Each is one statement already, so they are sent one after the other; a failed claim
+        answers with no jobs (the finish is stored; the runner claims again later).
+        """
+        applied = await self.finish(results) if results else set()
+        claimed: list[ClaimedJob] = []
+        try:
+            for handle, limit in claims:
+                claimed += await self.claim([handle], limit, now=now, lease=lease)
+        except StoreUnavailable:
+            log.warning("sidecars: a claim after a finish failed; claiming again later")
+        return applied, claimed
 
     async def release(self, leases: Sequence[Lease], *, now: float) -> None:
         """Give held jobs back, due at ``now``, without counting the attempt."""

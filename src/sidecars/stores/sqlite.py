@@ -604,25 +604,41 @@ class SQLiteStore:
         if not handles or limit <= 0:
             return []
         names = list(dict.fromkeys(handles))
-        placeholders = _placeholders(len(names))
-        params: dict[str, Any] = {f"h{i}": name for i, name in enumerate(names)}
         token = uuid4().hex
         until = now + lease
 
         def body(db: sqlite3.Connection) -> list[Any]:
-            db.execute(
-                _FAIL_LOST.format(handles=placeholders),
-                {**params, "now": now, "error": LEASE_LOST_ERROR},
-            )
-            rows = _fetchall(
-                db,
-                _claim_sql(len(names)),
-                {**params, "now": now, "token": token, "until": until, "limit": limit},
-            )
-            return list(rows)
+            return _claim_rows(db, names, limit, now=now, token=token, until=until)
 
         rows = await self._write("claim", body)
         return claimed_jobs(rows, token=token, until=until)
+
+    async def finish_and_claim(
+        self,
+        results: Sequence[Finish],
+        claims: Sequence[tuple[str, int]],
+        *,
+        now: float,
+        lease: float,
+    ) -> tuple[set[UUID], list[ClaimedJob]]:
+        """:meth:`finish`, then :meth:`claim` up to ``limit`` jobs per ``(handle, limit)``,
+        all in one transaction (one commit instead of two)."""
+        for result in results:
+            check_finish_state(result.state)
+        data = _finish_data(results)
+        token = uuid4().hex
+        until = now + lease
+        wanted = [(handle, limit) for handle, limit in claims if limit > 0]
+
+        def body(db: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
+            finished = _finish_rows(db, data, results) if results else []
+            rows: list[Any] = []
+            for handle, limit in wanted:
+                rows += _claim_rows(db, [handle], limit, now=now, token=token, until=until)
+            return finished, rows
+
+        finished, rows = await self._write("finish and claim", body)
+        return {UUID(row[0]) for row in finished}, claimed_jobs(rows, token=token, until=until)
 
     async def renew(self, leases: Sequence[Lease], *, now: float, lease: float) -> set[UUID]:
         """Extend held leases to ``now + lease``; return the ids still held."""
@@ -645,26 +661,10 @@ class SQLiteStore:
             return set()
         for result in results:
             check_finish_state(result.state)
-        data = json.dumps(
-            [
-                [
-                    str(r.id),
-                    r.token,
-                    r.state.value,
-                    r.outcome.value,
-                    r.finished_at,
-                    r.error,
-                    r.retry_at,
-                ]
-                for r in results
-            ]
-        )
+        data = _finish_data(results)
 
         def body(db: sqlite3.Connection) -> list[Any]:
-            rows = list(_fetchall(db, _FINISH, (data,)))
-            if len(rows) < len(results) and any(r.state is JobState.QUEUED for r in results):
-                rows += _fetchall(db, _SUPERSEDE_FINISH, (SUPERSEDED_ERROR, data))
-            return rows
+            return _finish_rows(db, data, results)
 
         return {UUID(row[0]) for row in await self._write("finish", body)}
 
@@ -993,6 +993,40 @@ async def _rollback(conn: aiosqlite.Connection) -> None:
     # SQLite may already have rolled back on the error (for example a full disk).
     with contextlib.suppress(sqlite3.OperationalError):
         await conn.execute("ROLLBACK")
+
+
+def _claim_rows(
+    db: sqlite3.Connection, names: list[str], limit: int, *, now: float, token: str, until: float
+) -> list[Any]:
+    """Claim inside the caller's write transaction: fail lost leases, take due jobs."""
+    placeholders = _placeholders(len(names))
+    params: dict[str, Any] = {f"h{i}": name for i, name in enumerate(names)}
+    db.execute(
+        _FAIL_LOST.format(handles=placeholders),
+        {**params, "now": now, "error": LEASE_LOST_ERROR},
+    )
+    return _fetchall(
+        db,
+        _claim_sql(len(names)),
+        {**params, "now": now, "token": token, "until": until, "limit": limit},
+    )
+
+
+def _finish_data(results: Sequence[Finish]) -> str:
+    return json.dumps(
+        [
+            [str(r.id), r.token, r.state.value, r.outcome.value, r.finished_at, r.error, r.retry_at]
+            for r in results
+        ]
+    )
+
+
+def _finish_rows(db: sqlite3.Connection, data: str, results: Sequence[Finish]) -> list[Any]:
+    """Finish inside the caller's write transaction; the ids whose token matched."""
+    rows = _fetchall(db, _FINISH, (data,))
+    if len(rows) < len(results) and any(r.state is JobState.QUEUED for r in results):
+        rows += _fetchall(db, _SUPERSEDE_FINISH, (SUPERSEDED_ERROR, data))
+    return rows
 
 
 def _fetchall(db: sqlite3.Connection, sql: str, params: Any = ()) -> list[Any]:
