@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 from pydantic import BaseModel
 
@@ -177,7 +178,7 @@ async def test_memory_cancel_that_lands_after_the_last_checkpoint_stays_with_its
             await sc.cancel(job.job_id)  # the cancel is requested; no checkpoint follows
             ran.append(0)
             return
-        await anyio.sleep(0)  # a checkpoint the old cancellation would hit
+        await anyio.lowlevel.checkpoint()  # a checkpoint the old cancellation would hit
         ran.append(job.payload.n)
 
     async with sc.run():
@@ -189,4 +190,5 @@ async def test_memory_cancel_that_lands_after_the_last_checkpoint_stays_with_its
         await state_of(sc, third.id, JobState.SUCCEEDED)
     assert ran == [0, 1, 2]
     info = await sc.get_job(first.id)
-    assert info is not None and info.outcome is Outcome.CANCELLED
+    assert info is not None
+    assert info.outcome is Outcome.CANCELLED

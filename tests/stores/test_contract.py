@@ -396,7 +396,8 @@ class TestFinishAndClaim:
         ]
         assert all(j.attempt == 1 and j.lease_until == NOW + 11 + LEASE for j in claimed)
         info = await store.get_job(first.id)
-        assert info is not None and info.state is JobState.SUCCEEDED
+        assert info is not None
+        assert info.state is JobState.SUCCEEDED
         left = await store.claim(["a", "b"], 10, now=NOW + 12, lease=LEASE)
         assert {j.id for j in left} == {jobs[3].id, others[1].id, others[2].id}
 
@@ -411,4 +412,5 @@ class TestFinishAndClaim:
         assert applied == {job.id}
         assert more == []
         info = await store.get_job(job.id)
-        assert info is not None and info.state is JobState.SUCCEEDED
+        assert info is not None
+        assert info.state is JobState.SUCCEEDED
