@@ -570,11 +570,14 @@ async def saq_postgres(dsn: str, n: int) -> dict[str, float]:
 
 
 def run_postgres(scale: float) -> dict[str, Any]:
+    from tests.benchmarks import _pg_peers as peers
     from tests.pg_server import PgServer, drop_schema, new_schema_name
 
     from sidecars.stores.postgres import PostgresStore
 
     n = int(10_000 * scale)
+    slow = min(n, 500)  # APScheduler 4 alpha runs ~0.1k jobs/s
+    samples = max(100, int(300 * scale))
     existing = os.environ.get("SIDECARS_TEST_PG_DSN")
     server = None if existing else PgServer()
     try:
@@ -598,19 +601,74 @@ def run_postgres(scale: float) -> dict[str, Any]:
                     await drop_schema(dsn, s)
 
         got = asyncio.run(ours())
-        rows.append(row("postgres", "sidecars", "processed/s", got["processed/s"]))
+        rows.append(row("postgres", "sidecars", "processed/s", got["processed/s"], "16 at once"))
         rows.append(row("postgres", "sidecars", "enqueue/s x100", got["enqueue/s x100"]))
         rows.append(row("postgres", "sidecars", "enqueue_many/s", got["enqueue_many/s"]))
-        try:
-            got = asyncio.run(saq_postgres(dsn, n))
-            rows.append(row("postgres", "SAQ", "processed/s", got["processed/s"], "16 at once"))
-            rows.append(row("postgres", "SAQ", "enqueue/s", got["enqueue/s x100"], "100 callers"))
-        except Exception as exc:
-            rows.append(not_run("postgres", "SAQ", "processed/s", f"{type(exc).__name__}: {exc}"))
-        for peer in ("procrastinate", "APScheduler 4"):
-            rows.append(
-                not_run("postgres", peer, "processed/s", "installed; adapter not written yet")
-            )
+
+        def attempt(system: str, metric: str, measure: Callable[[], list[Row]]) -> None:
+            try:
+                rows.extend(measure())
+            except Exception as exc:  # a peer never stops the run
+                reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:160]
+                rows.append(not_run("postgres", system, metric, reason))
+
+        def saq() -> list[Row]:
+            got = asyncio.run(peers.in_fresh_database(dsn, saq_postgres, n))
+            return [
+                row("postgres", "SAQ", "processed/s", got["processed/s"], "16 at once"),
+                row("postgres", "SAQ", "enqueue/s x100", got["enqueue/s x100"], "no batch API"),
+            ]
+
+        def procrastinate() -> list[Row]:
+            got = asyncio.run(peers.procrastinate_postgres(dsn, n))
+            system = "procrastinate"
+            return [
+                row("postgres", system, "processed/s", got["processed/s"], "16 at once"),
+                row("postgres", system, "enqueue/s x100", got["enqueue/s x100"], "defer_async"),
+                row(
+                    "postgres",
+                    system,
+                    "enqueue_many/s",
+                    got["enqueue_many/s"],
+                    "batch_defer_async, 1000 a call",
+                ),
+            ]
+
+        def apscheduler() -> list[Row]:
+            got = asyncio.run(peers.apscheduler_postgres(dsn, slow))
+            note = f"{slow} jobs (slow alpha)"
+            return [
+                row("postgres", "APScheduler 4", "processed/s", got["processed/s"], note),
+                row("postgres", "APScheduler 4", "enqueue/s x100", got["enqueue/s x100"], note),
+            ]
+
+        attempt("SAQ", "processed/s", saq)
+        attempt("procrastinate", "processed/s", procrastinate)
+        attempt("APScheduler 4", "processed/s", apscheduler)
+
+        def latency(
+            system: str, probe: Callable[[str, int], Any], note: str
+        ) -> Callable[[], list[Row]]:
+            def measure() -> list[Row]:
+                p50, p99 = asyncio.run(probe(dsn, samples))
+                return [
+                    row("postgres", system, "enqueue->start p50", p50, note),
+                    row("postgres", system, "enqueue->start p99", p99),
+                ]
+
+            return measure
+
+        async def notify_only(db: str, k: int) -> tuple[float, float]:
+            return await peers.sidecars_latency(db, k, notify_only=True)
+
+        for system, probe, note in (
+            ("floor: INSERT+NOTIFY, claim", peers.floor_latency, "plain asyncpg"),
+            ("sidecars", peers.sidecars_latency, f"{samples} jobs one at a time, idle worker"),
+            ("sidecars (NOTIFY wake-up only)", notify_only, "enqueued by a second app"),
+            ("SAQ", peers.saq_latency, "LISTEN/NOTIFY"),
+            ("procrastinate", peers.procrastinate_latency, "LISTEN/NOTIFY"),
+        ):
+            attempt(system, "enqueue->start p50", latency(system, probe, note))
         return {"rows": rows}
     finally:
         if server is not None:
@@ -625,15 +683,38 @@ COMPARISONS: dict[str, Callable[[float], dict[str, Any]]] = {
     "postgres": run_postgres,
 }
 
-# (path, metric) -> (floor system, peer system) that the ratios divide by
-RATIO_BASES = {
-    ("memory", "jobs/s"): ("floor: stream drain", "APScheduler 4"),
-    ("sqlite", "processed/s"): ("floor: batch 100", "huey"),
-    ("sqlite", "enqueue/s x100"): ("floor: 1 per tx", "huey"),
-    ("sqlite", "enqueue_many/s"): ("floor: 100 per tx", "huey"),
-    ("postgres", "processed/s"): ("floor: batch 100 x4 conns", "SAQ"),
-    ("postgres", "enqueue/s x100"): ("floor: 1 per tx", "SAQ"),
-    ("postgres", "enqueue_many/s"): ("floor: COPY", "SAQ"),
+# (path, metric) of a sidecars row -> what its ratios divide by: a raw floor's (system,
+# metric), and the peers doing the same thing, as (systems, metric): single enqueues against
+# single enqueues, batches against a peer's batch API. Of the peers listed, the best measured
+# in the run is used (the highest rate, the lowest latency) and named in the note. None where
+# no such row exists (huey and SAQ have no batch enqueue).
+RATIO_BASES: dict[
+    tuple[str, str], tuple[tuple[str, str] | None, tuple[tuple[str, ...], str] | None]
+] = {
+    ("memory", "jobs/s"): (("floor: stream drain", "jobs/s"), (("APScheduler 4",), "jobs/s")),
+    ("sqlite", "processed/s"): (("floor: batch 100", "processed/s"), (("huey",), "processed/s")),
+    ("sqlite", "enqueue/s x100"): (("floor: 1 per tx", "enqueue/s"), (("huey",), "enqueue/s")),
+    ("sqlite", "enqueue_many/s"): (("floor: 100 per tx", "enqueue/s"), None),
+    ("postgres", "processed/s"): (
+        ("floor: batch 100 x4 conns", "processed/s"),
+        (("SAQ", "procrastinate", "APScheduler 4"), "processed/s"),
+    ),
+    ("postgres", "enqueue/s x100"): (
+        ("floor: 1 per tx", "enqueue/s"),
+        (("SAQ", "procrastinate", "APScheduler 4"), "enqueue/s x100"),
+    ),
+    ("postgres", "enqueue_many/s"): (
+        ("floor: COPY", "enqueue/s"),
+        (("SAQ", "procrastinate", "APScheduler 4"), "enqueue_many/s"),
+    ),
+    ("postgres", "enqueue->start p50"): (
+        ("floor: INSERT+NOTIFY, claim", "enqueue->start p50"),
+        (("SAQ", "procrastinate", "APScheduler 4"), "enqueue->start p50"),
+    ),
+    ("postgres", "enqueue->start p99"): (
+        ("floor: INSERT+NOTIFY, claim", "enqueue->start p99"),
+        (("SAQ", "procrastinate", "APScheduler 4"), "enqueue->start p99"),
+    ),
 }
 
 
@@ -641,7 +722,7 @@ def fmt(value: float | None, metric: str) -> str:
     if value is None:
         return "-"
     if "p50" in metric or "p99" in metric or metric.startswith(("validate", "dump", "codec")):
-        return f"{value * 1e6:.1f} µs"
+        return f"{value * 1e3:.2f} ms" if value >= 1e-3 else f"{value * 1e6:.1f} µs"
     return f"{value:,.0f}"
 
 
@@ -653,20 +734,30 @@ def table(rows: list[Row]) -> str:
         "-" * 120,
     ]
     for r in rows:
-        path, metric = r["path"], r["metric"]
-        base = RATIO_BASES.get((path.split()[0], metric))
+        path, metric, note = r["path"], r["metric"], r["note"]
+        floor, peers = RATIO_BASES.get((path.split()[0], metric), (None, None))
         vs_floor = vs_peer = ""
-        if r["system"] == "sidecars" and base is not None and r["value"]:
-            floor = by.get((path, base[0], "enqueue/s" if "enqueue" in metric else metric))
-            peer = by.get((path, base[1], "enqueue/s" if "enqueue" in metric else metric))
-            if floor:
-                vs_floor = f"{r['value'] / floor:.2f}x"
-            if peer:
-                vs_peer = f"{r['value'] / peer:.2f}x"
+        if r["system"].startswith("sidecars") and r["value"]:
+            base = by.get((path, *floor)) if floor is not None else None
+            if base:
+                vs_floor = f"{r['value'] / base:.2f}x"
+            measured: list[tuple[float, str]] = []
+            if peers is not None:
+                systems, peer_metric = peers
+                measured = [(v, s) for s in systems if (v := by.get((path, s, peer_metric)))]
+            if measured:
+                lower_is_better = "p50" in metric or "p99" in metric
+                value, system = (min if lower_is_better else max)(measured)
+                vs_peer = f"{r['value'] / value:.2f}x"
+                note = f"{note}; vs {system}" if note else f"vs {system}"
         lines.append(
             f"{path:<12} {r['system']:<34} {metric:<26} {fmt(r['value'], metric):>12}  "
-            f"{vs_floor:>8}  {vs_peer:>8}  {r['note']}"
+            f"{vs_floor:>8}  {vs_peer:>8}  {note}"
         )
+    lines.append(
+        "ratios are sidecars / base: above 1x is better for rates (/s), below 1x for"
+        " latencies (p50, p99); vs peer: the best peer measured for that metric"
+    )
     return "\n".join(lines)
 
 
