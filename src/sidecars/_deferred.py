@@ -66,20 +66,17 @@ class _Pool:
         self.receive = receive
 
 
-class _FinishBatch:
-    __slots__ = ("applied", "done", "error", "freed", "items")
+class _Finishing:
+    """Results waiting to be stored, oldest first, and how many are not stored yet."""
+
+    __slots__ = ("idle", "items", "unstored", "wake")
 
     def __init__(self) -> None:
-        self.items: list[Finish] = []
-        self.freed: dict[str, int] = {}  # worker slots these finishes give back, per handle
-        self.done = anyio.Event()
-        self.applied: set[UUID] = set()
-        self.error: BaseException | None = None
-
-    def add(self, result: Finish, handle: str, frees: bool) -> None:
-        self.items.append(result)
-        if frees:
-            self.freed[handle] = self.freed.get(handle, 0) + 1
+        self.items: list[tuple[_Held, Finish]] = []
+        self.unstored = 0  # queued or being stored
+        self.wake = anyio.Event()
+        self.idle = anyio.Event()  # set while unstored == 0
+        self.idle.set()
 
 
 class DeferredConsumer:
@@ -111,7 +108,7 @@ class DeferredConsumer:
         self._watch_scope = anyio.CancelScope()
         self._workers = 0
         self.idle = anyio.Event()
-        self._batch: _FinishBatch | None = None
+        self._finishing = _Finishing()
 
         async def renew(held: list[_Held], now: float) -> set[UUID]:
             leases = [Lease(id=h.job.id, token=h.job.token) for h in held]
@@ -135,6 +132,7 @@ class DeferredConsumer:
                 self._workers += 1
                 tg.start_soon(self._worker, pool, name=f"sidecars deferred {pool.handle}#{i}")
         tg.start_soon(self._claim_loop_supervised, name="sidecars claim loop")
+        tg.start_soon(self.runner.supervise, "result writer", self._store_results)
         tg.start_soon(self.runner.supervise, "lease renewal", self._leases.run)
         store = self.store
         if isinstance(store, Notifying):
@@ -146,6 +144,10 @@ class DeferredConsumer:
             tg.start_soon(self._watch_supervised, watch, name="sidecars store watch")
         if not self._workers:
             self.idle.set()
+
+    async def _idle_once_stored(self) -> None:
+        await self._finishing.idle.wait()
+        self.idle.set()
 
     def cancel_running(self, job_id: UUID) -> bool:
         """Cancel a job running in this process (cooperatively: at its next await)."""
@@ -192,7 +194,11 @@ class DeferredConsumer:
             await self._release(unstarted)
 
     async def release_held(self) -> int:
-        """Shutdown, last step: give back the leases of runs cancelled by shutdown."""
+        """Shutdown, last step: store results still waiting, then give back the leases of
+        runs cancelled by shutdown."""
+        with anyio.CancelScope(shield=True):
+            while self._finishing.items:
+                await self._store_group()
         leases = [Lease(id=h.job.id, token=h.job.token) for h in self.held.values()]
         self.held.clear()
         if leases:
@@ -254,7 +260,12 @@ class DeferredConsumer:
         for pool in self.pools.values():
             if pool.idle <= 0:
                 continue
-            jobs = await store.claim([pool.handle], pool.idle, now=clock.time(), lease=self.lease)
+            want = pool.idle
+            pool.idle -= want  # reserved while the claim is in flight
+            try:
+                jobs = await store.claim([pool.handle], want, now=clock.time(), lease=self.lease)
+            finally:
+                pool.idle += want
             self._hand_out(jobs)
         free = [p.handle for p in self.pools.values() if p.idle > 0]
         return await store.next_wakeup(free) if free else None
@@ -316,7 +327,7 @@ class DeferredConsumer:
         finally:
             self._workers -= 1
             if self._workers == 0:
-                self.idle.set()
+                self.runner.background(self._idle_once_stored)
 
     async def _run(self, pool: _Pool, job: ClaimedJob) -> None:
         runner = self.runner
@@ -387,7 +398,7 @@ class DeferredConsumer:
                 finish = _result(job, JobState.QUEUED, outcome, now, error, retry_at)
             else:
                 finish = _result(job, JobState.FAILED, outcome, now, error)
-            await self._finish_one(held, finish, frees=result.thread_done is None)
+            await self._finish_one(held, finish)
             # A sync handler past its timeout still runs in its thread: keep the slot.
             await result.release_slot()
         finally:
@@ -425,74 +436,97 @@ class DeferredConsumer:
                 self.crash.reached("mid_handler")
         return result[0]
 
-    async def _store_batch(self, batch: _FinishBatch) -> set[UUID]:
-        if self._stopping:
-            return await self.store.finish(batch.items)
-        claims = _claims_after(self.pools, batch.freed)
-        if not claims:
-            return await self.store.finish(batch.items)
-        applied, jobs = await self.store.finish_and_claim(
-            batch.items, claims, now=self.runner.clock.time(), lease=self.lease
-        )
-        self._hand_out(jobs)
-        return applied
+    async def _finish_one(self, held: _Held, result: Finish) -> None:
+        """Queue one result to be stored; the worker goes on to its next job meanwhile.
 
-    async def _finish_one(self, held: _Held, result: Finish, *, frees: bool = True) -> None:
-        """Store one result, group-committed with the results of concurrent workers.
-
-        The first worker of a group stores it, and in the same call claims the jobs the
-        group's freed workers (``frees``) and any idle ones will run next, so a busy
-        handle needs one store call per group instead of a finish and a claim.
+        The lease stays held (and renewed) until the result is stored. Results that
+        arrive while a write is in flight are stored together by the next one.
         """
+        finishing = self._finishing
+        finishing.items.append((held, result))
+        finishing.unstored += 1
+        if finishing.idle.is_set():
+            finishing.idle = anyio.Event()
+        finishing.wake.set()
+
+    async def _store_results(self) -> None:
+        """The result writer: stores queued results in groups, one write at a time."""
+        finishing = self._finishing
+        while True:
+            await finishing.wake.wait()
+            finishing.wake = anyio.Event()
+            while finishing.items:
+                with busy(self.runner.clock):
+                    await self._store_group()
+
+    async def _store_group(self) -> None:
+        """Store every queued result in one call (claiming for idle workers in the same
+        call), tried again on errors until the leases would run out."""
+        finishing = self._finishing
+        group, finishing.items = finishing.items, []
+        results = [result for _, result in group]
+        applied: set[UUID] = set()
         with anyio.CancelScope(shield=True):
-            for attempt in range(1, _FINISH_TRIES + 1):
-                batch = self._batch
-                if batch is None:
-                    batch = _FinishBatch()
-                    self._batch = batch
-                    batch.add(result, held.job.handle, frees)
-                    await anyio.lowlevel.checkpoint()  # let concurrent workers join
-                    self._batch = None
-                    try:
-                        batch.applied = await self._store_batch(batch)
-                    except Exception as exc:
-                        batch.error = exc
-                    finally:
-                        batch.done.set()
-                else:
-                    batch.add(result, held.job.handle, frees)
-                    await batch.done.wait()
-                if batch.error is None:
-                    break
-                if attempt == _FINISH_TRIES or self.runner.clock.time() >= held.lease_until:
-                    log.error(
-                        "sidecars: could not store the result of %r job %s; it runs again "
-                        "when its lease expires",
-                        held.job.handle,
-                        held.job.id,
-                        exc_info=batch.error,
-                    )
-                    break
-                await anyio.sleep(min(0.1 * 2**attempt, 2.0))
-            assert batch is not None
-            if batch.error is None and result.id not in batch.applied:
-                log.warning(
-                    "sidecars: the result of %r job %s was refused: its lease had been "
-                    "taken by another runner",
-                    held.job.handle,
-                    held.job.id,
-                )
-            self.held.pop(result.id, None)
+            try:
+                for attempt in range(1, _FINISH_TRIES + 1):
+                    applied, error = await self._try_store(results)
+                    if error is None:
+                        break
+                    deadline = min(held.lease_until for held, _ in group)
+                    if attempt == _FINISH_TRIES or self.runner.clock.time() >= deadline:
+                        log.error(
+                            "sidecars: could not store the results of %d job(s); they run "
+                            "again when their leases expire",
+                            len(group),
+                            exc_info=error,
+                        )
+                        for _, result in group:
+                            self.held.pop(result.id, None)
+                        return
+                    await anyio.sleep(min(0.1 * 2**attempt, 2.0))
+                if any(result.state is JobState.QUEUED for result in results):
+                    self.wake()  # a retry is due later: the claim loop plans its wake-up
+                for held, result in group:
+                    if result.id not in applied:
+                        log.warning(
+                            "sidecars: the result of %r job %s was refused: its lease had "
+                            "been taken by another runner",
+                            held.job.handle,
+                            held.job.id,
+                        )
+                    self.held.pop(result.id, None)
+            finally:
+                finishing.unstored -= len(group)
+                if finishing.unstored == 0:
+                    finishing.idle.set()
 
+    async def _try_store(self, results: list[Finish]) -> tuple[set[UUID], Exception | None]:
+        try:
+            return await self._store_batch(results), None
+        except Exception as exc:
+            return set(), exc
 
-def _claims_after(pools: dict[str, _Pool], freed: dict[str, int]) -> list[tuple[str, int]]:
-    """How many jobs each handle can take once the slots in ``freed`` are given back."""
-    wanted = []
-    for handle, pool in pools.items():
-        room = pool.idle + freed.get(handle, 0)
-        if room > 0:
-            wanted.append((handle, room))
-    return wanted
+    async def _store_batch(self, results: list[Finish]) -> set[UUID]:
+        if self._stopping:
+            return await self.store.finish(results)
+        claims = [(h, p.idle) for h, p in self.pools.items() if p.idle > 0]
+        if not claims:
+            return await self.store.finish(results)
+        for handle, want in claims:
+            self.pools[handle].idle -= want  # reserved while the call is in flight
+        try:
+            applied, jobs = await self.store.finish_and_claim(
+                results, claims, now=self.runner.clock.time(), lease=self.lease
+            )
+        finally:
+            for handle, want in claims:
+                self.pools[handle].idle += want
+        self._hand_out(jobs)
+        if len(jobs) < sum(want for _, want in claims):
+            # Workers stay idle: the claim loop (which saw their slots reserved meanwhile)
+            # plans when to look next.
+            self.wake()
+        return applied
 
 
 def _result(
