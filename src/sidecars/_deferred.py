@@ -237,36 +237,49 @@ class DeferredConsumer:
     async def _claim_loop(self) -> None:
         clock = self.runner.clock
         spins = 0
+        look_first = False
         while not self._stopping:
             with busy(clock):
-                due = await self._claim_round()
+                due = await self._claim_round(look_first=look_first)
                 if due is not None and due <= clock.time():
                     # Claimable already (it became due while we were claiming): look again
                     # at once, unless the store keeps saying so without giving us anything.
                     spins += 1
                     if spins <= 3:
                         await anyio.lowlevel.checkpoint()
+                        look_first = False
                         continue
                     due = None
                 spins = 0
-            await self._wait(due)
+            # Only a poll has no reason to expect work: it reads before it writes.
+            look_first = await self._wait(due) == "poll"
 
-    async def _claim_round(self) -> float | None:
-        """Claim for every handle with idle workers; return when to look next, if known."""
+    async def _claim_round(self, *, look_first: bool = False) -> float | None:
+        """Claim for every handle with idle workers, in one store call; return when to look
+        next, if known.
+
+        ``look_first``: a poll, with no sign of work; one read of the earliest due time
+        decides whether to claim at all, so an idle runner's poll writes nothing.
+        """
         clock = self.runner.clock
         store = self.store
         # A fresh event before looking, so a wake-up that arrives meanwhile is kept.
         self._wake = anyio.Event()
-        for pool in self.pools.values():
-            if pool.idle <= 0:
-                continue
-            want = pool.idle
-            pool.idle -= want  # reserved while the claim is in flight
-            try:
-                jobs = await store.claim([pool.handle], want, now=clock.time(), lease=self.lease)
-            finally:
-                pool.idle += want
-            self._hand_out(jobs)
+        claims = [(h, p.idle) for h, p in self.pools.items() if p.idle > 0]
+        if not claims:
+            return None
+        if look_first:
+            due = await store.next_wakeup([h for h, _ in claims])
+            if due is None or due > clock.time():
+                return due
+        for handle, want in claims:
+            self.pools[handle].idle -= want  # reserved while the claim is in flight
+        try:
+            _, jobs = await store.finish_and_claim([], claims, now=clock.time(), lease=self.lease)
+        finally:
+            for handle, want in claims:
+                self.pools[handle].idle += want
+        self._hand_out(jobs)
         free = [p.handle for p in self.pools.values() if p.idle > 0]
         return await store.next_wakeup(free) if free else None
 
@@ -283,23 +296,29 @@ class DeferredConsumer:
             pool.send.send_nowait(job)
             self.crash.reached("after_claim")
 
-    async def _wait(self, due: float | None) -> None:
+    async def _wait(self, due: float | None) -> str:
+        """Wait for a wake-up, the due time or the poll interval; say which came."""
         wake = self._wake
         if wake.is_set():
-            return
+            return "wake"
         clock = self.runner.clock
+        reason = "poll"
         # The poll interval is real time: it exists to notice other processes' work.
         with anyio.move_on_after(self.poll_interval):
             async with anyio.create_task_group() as tg:
 
                 async def until_due(when: float) -> None:
+                    nonlocal reason
                     await clock.sleep_until(when)
+                    reason = "due"
                     tg.cancel_scope.cancel()
 
                 if due is not None:
                     tg.start_soon(until_due, due)
                 await wake.wait()
+                reason = "wake"
                 tg.cancel_scope.cancel()
+        return reason
 
     # -- leases ------------------------------------------------------------------------
 

@@ -465,3 +465,44 @@ class TestFires:
             assert answers[0].status is FireStatus.CLAIMED
         finally:
             await store.close()
+
+
+class TestNextWakeupReuse:
+    async def test_idle_polls_reuse_the_answer_until_a_process_writes(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """An unchanged file answers next_wakeup without a query; a write by another
+        connection (another process) or by this store is seen by the next call."""
+        path = tmp_path / "w.db"
+        store = SQLiteStore(path)
+        other = SQLiteStore(path)
+        try:
+            await other.enqueue([new_job("h", run_at=NOW + 50)])
+            assert await store.next_wakeup(["h"]) == NOW + 50
+            reads = 0
+            real_read = store._read
+
+            async def counted(sql: str, params: Any) -> list[Any]:
+                nonlocal reads
+                reads += 1
+                return await real_read(sql, params)
+
+            monkeypatch.setattr(store, "_read", counted)
+            for _ in range(3):
+                assert await store.next_wakeup(["h"]) == NOW + 50
+            assert reads == 0
+            await other.enqueue([new_job("h", run_at=NOW + 5)])  # another writer
+            assert await store.next_wakeup(["h"]) == NOW + 5
+            assert reads == 1
+            with raw(path) as conn:  # a plain connection, as another program's
+                conn.execute("UPDATE sidecars_jobs SET run_at = ?", (NOW + 1,))
+            assert await store.next_wakeup(["h"]) == NOW + 1
+            await store.enqueue([new_job("h", run_at=NOW)])  # this store's own write
+            assert await store.next_wakeup(["h"]) == NOW
+            assert reads == 3
+            monkeypatch.setattr(sqlite_module, "_WAKEUP_REUSE", 0.0)
+            assert await store.next_wakeup(["h"]) == NOW  # too old to reuse: read again
+            assert reads == 4
+        finally:
+            await store.close()
+            await other.close()

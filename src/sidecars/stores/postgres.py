@@ -980,9 +980,20 @@ class PostgresStore:
             except StoreUnavailable:
                 log.warning("sidecars: a claim next to a finish failed; claiming again later")
 
+        failed: list[Exception] = []
+        applied: set[UUID] = set()
         async with anyio.create_task_group() as tg:
             tg.start_soon(claim_all)
-            applied = await self.finish(results) if results else set()
+            try:
+                applied = await self.finish(results) if results else set()
+            except Exception as exc:
+                failed.append(exc)
+        if failed:
+            if claimed:
+                # The caller sees an error and no jobs: give back what was claimed.
+                with contextlib.suppress(StoreUnavailable):
+                    await self.release([Lease(id=j.id, token=j.token) for j in claimed], now=now)
+            raise failed[0]
         return applied, claimed
 
     async def release(self, leases: Sequence[Lease], *, now: float) -> None:

@@ -219,6 +219,9 @@ WHERE id = ? AND state IN ('failed', 'cancelled')
 RETURNING id
 """
 
+# How long a next_wakeup answer may be reused while the files look unchanged (seconds).
+_WAKEUP_REUSE = 10.0
+
 _NEXT_WAKEUP = """
 SELECT min(t) FROM (
     SELECT min(run_at) AS t FROM sidecars_jobs WHERE state = 'queued' AND handle IN ({handles})
@@ -370,6 +373,9 @@ class SQLiteStore:
         # two tasks from interleaving inside each other's BEGIN ... COMMIT.
         self._lock = anyio.Lock()
         self._pending: _Batch | None = None
+        self._writes = 0  # write transactions this process has committed or tried
+        # next_wakeup answers, kept while neither this process nor any other wrote.
+        self._wakeups: dict[tuple[str, ...], tuple[object, int, float, float | None]] = {}
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r}, synchronous={self.synchronous!r})"
@@ -523,6 +529,8 @@ class SQLiteStore:
                     result = await self._retry_busy(what, lambda: _on_thread(conn, transaction))
                 except sqlite3.OperationalError as exc:
                     raise StoreUnavailable(f"SQLite store {self.path!r}: {exc}") from exc
+                finally:
+                    self._writes += 1
         return result
 
     async def _read(self, sql: str, params: Sequence[Any] | dict[str, Any]) -> list[Any]:
@@ -777,13 +785,46 @@ class SQLiteStore:
         if not handles:
             return None
         names = list(dict.fromkeys(handles))
+        # An idle runner asks this every poll interval. If no process has written to the
+        # file since the last answer (its size and modification time, and the WAL's, are
+        # as they were, and this process has not written), the answer is the same: no
+        # query, no thread hop. A write within the same clock tick as the last one could
+        # leave both unchanged, so an answer is reused for at most _WAKEUP_REUSE seconds.
+        key = tuple(names)
+        files = self._file_state()
+        cached = self._wakeups.get(key)
+        if (
+            cached is not None
+            and files is not None
+            and cached[0] == files
+            and cached[1] == self._writes
+            and time.monotonic() - cached[2] < _WAKEUP_REUSE
+        ):
+            return cached[3]
+        writes = self._writes
         placeholders = _placeholders(len(names))
         rows = await self._read(
             _NEXT_WAKEUP.format(handles=placeholders),
             {f"h{i}": name for i, name in enumerate(names)},
         )
         value = rows[0][0] if rows else None
-        return None if value is None else float(value)
+        answer = None if value is None else float(value)
+        if files is not None:
+            if len(self._wakeups) > 64:
+                self._wakeups.clear()
+            self._wakeups[key] = (files, writes, time.monotonic(), answer)
+        return answer
+
+    def _file_state(self) -> object:
+        """Size and modification time of the file and its WAL (None if unavailable)."""
+        try:
+            states = []
+            for path in (self.path, self.path + "-wal"):
+                st = os.stat(path)
+                states.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            return None
+        return tuple(states)
 
     async def claim_fires(
         self, requests: Sequence[FireRequest], *, now: float, lease: float
