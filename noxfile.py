@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import nox
 
 nox.options.sessions = ["tests", "lint", "typecheck"]
@@ -49,7 +47,11 @@ def docs(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Run every benchmark script in tests/benchmarks (side-by-side ratios; not tests)."""
-    session.install("-e", ".[bench,postgres]")
-    for script in sorted(Path("tests/benchmarks").glob("bench_*.py")):
-        session.run("python", str(script), *session.posargs)
+    """Print the benchmark table: floors, sidecars and peers side by side (not tests).
+
+    ``tests/benchmarks/bench_jobs.py`` runs every comparison (memory, SQLite, PostgreSQL,
+    CRON++, host impact and idle cost) in its own process and prints one table; the other
+    ``bench_*.py`` scripts there print the details of one part each.
+    """
+    session.install("-e", ".[bench,postgres,examples]")
+    session.run("python", "tests/benchmarks/bench_jobs.py", *session.posargs)

@@ -473,9 +473,18 @@ def host_order(k: int) -> list[HostRun]:
 
 
 def host_impact(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    measured = measure_host(args)
+    if isinstance(measured, str):
+        return [measured], []
+    results, problems = measured
+    return host_table(results), problems
+
+
+def measure_host(args: argparse.Namespace) -> tuple[list[HostResult], list[str]] | str:
+    """Every scenario's pooled result (idle first) and the failed checks, or why not run."""
     missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
     if missing:
-        return [f"host impact: not run: needs {' and '.join(missing)} ('.[examples]')"], []
+        return f"host impact: not run: needs {' and '.join(missing)} ('.[examples]')"
     rounds: dict[str, list[Round]] = {run.name: [] for run in HOST_RUNS}
     seconds = args.seconds / args.rounds
     with tempfile.TemporaryDirectory(prefix="bench_host_") as tmp:
@@ -485,7 +494,7 @@ def host_impact(args: argparse.Namespace) -> tuple[list[str], list[str]]:
                 rounds[run.name].append(host_round(run, args.rate, seconds, data_dir))
     results = [HostResult(run, rounds[run.name]) for run in HOST_RUNS]
     problems = [f"{r.run.name}: {p}" for r in results for q in r.rounds for p in q.problems]
-    return host_table(results), problems
+    return results, problems
 
 
 # -- 2. idle cost: the app ---------------------------------------------------------------------
@@ -784,13 +793,21 @@ def cause_rows(r: IdleResult) -> list[str]:
     return lines
 
 
-def idle_cost(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+def measure_idle(
+    args: argparse.Namespace,
+) -> tuple[IdleResult, IdleResult, list[str], list[str]]:
+    """The empty loop's and the idle app's results, schedules due meanwhile, problems."""
     base = anyio.run(idle_window, args.seconds, None)
     with tempfile.TemporaryDirectory(prefix="bench_idle_") as tmp:
         sc = idle_app(Path(tmp) / "idle.db")
         due = due_during(sc, args.seconds + 5)
         idle = anyio.run(idle_window, args.seconds, sc)
         problems = idle_checks(sc)
+    return base, idle, due, problems
+
+
+def idle_cost(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    base, idle, due, problems = measure_idle(args)
     wakes = idle.wakeups_per_s - base.wakeups_per_s
     lines = idle_rows(base, idle)
     lines.append(

@@ -123,7 +123,7 @@ async def floor_tasks(n: int, concurrency: int = 8) -> float:
 def memory_app(seen: list[int]) -> tuple[Sidecars, Any]:
     sc = Sidecars(os.path.join(tempfile.mkdtemp(), "unused.db"))
 
-    @sc.sidecar(handle="noop", run_type=RunType.MEMORY, concurrency=8, max_pending=1_000_000)
+    @sc.sidecar(handle="noop", run_type=RunType.MEMORY, concurrency=8)
     async def noop(job: JobContext[Payload]) -> None:
         seen.append(job.payload.user)
 
@@ -677,10 +677,83 @@ def run_postgres(scale: float) -> dict[str, Any]:
 
 # -- table -----------------------------------------------------------------------------------
 
+# -- CRON++ ----------------------------------------------------------------------------------
+
+
+def run_cron(scale: float) -> dict[str, Any]:
+    """next_after against croniter and cronsim: a first fire from a fresh schedule (parsing
+    included, nothing cached across calls) and the repeated next fires, per expression."""
+    try:
+        from tests.benchmarks import bench_schedule
+    except ImportError as exc:
+        return {"rows": [not_run("cron++", "all", "-", f"needs croniter and cronsim: {exc}")]}
+    rows: list[Row] = []
+    for expr, zone in bench_schedule.CASES:
+        r = bench_schedule.bench(expr, zone)
+        for kind, peers in (
+            ("first", {"croniter": "first/croniter", "cronsim": "first/cronsim"}),
+            (
+                "repeat",
+                {
+                    "croniter": "repeat/croniter",
+                    "cronsim": "repeat/cronsim-it",
+                    "cronsim, new per start": "repeat/cronsim-new",
+                },
+            ),
+        ):
+            metric = f"{kind} {expr} {zone}"
+            ours = r[f"{kind}/sidecars"] / 1e6
+            faster = ", ".join(
+                f"{r[key] / 1e6 / ours:.1f}x faster than {p}" for p, key in peers.items()
+            )
+            rows.append(row("cron++", "sidecars", metric, ours, faster))
+            for peer, key in peers.items():
+                rows.append(row("cron++", peer, metric, r[key] / 1e6))
+    return {"rows": rows}
+
+
+# -- host impact and idle cost ---------------------------------------------------------------
+
+
+def run_host(scale: float) -> dict[str, Any]:
+    """The example app's endpoint p99 under a fixed offered load, sidecars idle and busy, and
+    the CPU and loop wake-ups of 50 idle sidecars (``bench_host.py`` has the details)."""
+    from tests.benchmarks import bench_host
+
+    args = bench_host.parse(["--seconds", str(max(2.0, 10.0 * min(scale, 1.0)))])
+    rows: list[Row] = []
+    problems: list[str] = []
+    detail: list[str] = []
+    measured = bench_host.measure_host(args)
+    if isinstance(measured, str):
+        rows.append(not_run("host", "all", "endpoint p99", measured))
+    else:
+        results, found = measured
+        problems += found
+        idle_p99 = results[0].p99 / 1e3
+        for result in results:
+            p99 = result.p99 / 1e3
+            note = "sidecars idle" if result is results[0] else f"{p99 / idle_p99:.2f}x idle p99"
+            rows.append(row("host", result.run.name, "GET /health p99", p99, note))
+        detail += bench_host.host_table(results)
+    base, idle, due, found = bench_host.measure_idle(args)
+    problems += found
+    b, i = bench_host.per_second(base), bench_host.per_second(idle)
+    rows.append(row("idle", "50 sidecars", "wake-ups/s", i[1] - b[1], "over an empty loop"))
+    rows.append(row("idle", "50 sidecars", "CPU ms/s", (i[0] - b[0]) * 1e3, "over an empty loop"))
+    detail += ["", *bench_host.idle_rows(base, idle), "", *bench_host.cause_rows(idle)]
+    if due:
+        problems.append(f"schedules due during the idle run: {due}")
+    rows += [not_run("host", "sidecars", "check", problem[:200]) for problem in problems]
+    return {"rows": rows, "detail": "\n".join(detail)}
+
+
 COMPARISONS: dict[str, Callable[[float], dict[str, Any]]] = {
     "memory": run_memory,
     "sqlite": run_sqlite,
     "postgres": run_postgres,
+    "cron": run_cron,
+    "host": run_host,
 }
 
 # (path, metric) of a sidecars row -> what its ratios divide by: a raw floor's (system,
@@ -721,17 +794,20 @@ RATIO_BASES: dict[
 def fmt(value: float | None, metric: str) -> str:
     if value is None:
         return "-"
-    if "p50" in metric or "p99" in metric or metric.startswith(("validate", "dump", "codec")):
+    timed = metric.startswith(("validate", "dump", "codec", "first ", "repeat ", "per job"))
+    if "p50" in metric or "p99" in metric or timed:
         return f"{value * 1e3:.2f} ms" if value >= 1e-3 else f"{value * 1e6:.1f} µs"
+    if value < 100:
+        return f"{value:.2f}"
     return f"{value:,.0f}"
 
 
 def table(rows: list[Row]) -> str:
     by = {(r["path"], r["system"], r["metric"]): r["value"] for r in rows}
     lines = [
-        f"{'path':<12} {'system':<34} {'metric':<26} {'value':>12}  {'vs floor':>8}  "
+        f"{'path':<12} {'system':<34} {'metric':<32} {'value':>12}  {'vs floor':>8}  "
         f"{'vs peer':>8}  note",
-        "-" * 120,
+        "-" * 126,
     ]
     for r in rows:
         path, metric, note = r["path"], r["metric"], r["note"]
@@ -751,7 +827,7 @@ def table(rows: list[Row]) -> str:
                 vs_peer = f"{r['value'] / value:.2f}x"
                 note = f"{note}; vs {system}" if note else f"vs {system}"
         lines.append(
-            f"{path:<12} {r['system']:<34} {metric:<26} {fmt(r['value'], metric):>12}  "
+            f"{path:<12} {r['system']:<34} {metric:<32} {fmt(r['value'], metric):>12}  "
             f"{vs_floor:>8}  {vs_peer:>8}  {note}"
         )
     lines.append(
@@ -795,6 +871,7 @@ def main() -> None:
         return
     rows: list[Row] = []
     profile = ""
+    details: list[str] = []
     for name in args.only.split(","):
         result = subprocess.run(
             [sys.executable, __file__, "--child", name, "--scale", str(args.scale)],
@@ -809,10 +886,15 @@ def main() -> None:
         out = json.loads(result.stdout.strip().splitlines()[-1])
         rows.extend(out["rows"])
         profile = out.get("profile", profile)
+        if out.get("detail"):
+            details.append(out["detail"])
     print(versions())
     print(f"scale {args.scale}; medians of {REPEATS} for memory, one run for the stores")
     print()
     print(table(rows))
+    for detail in details:
+        print()
+        print(detail)
     if profile:
         print()
         print("cProfile of the sidecars MEMORY run (top by own time):")
