@@ -1,14 +1,17 @@
 """DEFERRED sidecars in a runner: claim due jobs, run them under renewed leases, finish them.
 
-One claim loop serves every deferred handle of the runner. It claims only as many jobs as a
-handle has idle workers, hands them to that handle's long-lived workers, and then sleeps
-until the earliest moment a job can become claimable, an in-process wake-up (an enqueue, a
-freed worker), or the poll interval (work enqueued by another process), whichever is first.
+One claim loop serves every deferred handle of the runner. It claims for the handles with
+free workers (and, for handles whose jobs are short, a few jobs ahead: see ``_Pool``),
+hands the jobs to that handle's long-lived workers, and then sleeps until the earliest
+moment a job can become claimable, an in-process wake-up (an enqueue, a freed worker), or
+the poll interval (work enqueued by another process), whichever is first. Results are
+stored by one writer task, in groups, each write also claiming the next jobs.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -36,6 +39,10 @@ log = logging.getLogger("sidecars")
 # then runs again elsewhere: at-least-once).
 _FINISH_TRIES = 5
 
+# Claiming ahead (see _Pool): the time window, and the most jobs held per worker.
+_AHEAD_WINDOW = 0.05
+_AHEAD_PER_WORKER = 4
+
 
 class _Held:
     """A job this process holds under a lease."""
@@ -53,17 +60,39 @@ class _Held:
 
 
 class _Pool:
-    """The workers of one deferred handle and the jobs claimed for them."""
+    """The workers of one deferred handle and the jobs claimed for them.
+
+    ``idle`` is the number of workers without a job; it goes below zero by the jobs claimed
+    ahead, which wait here for a worker. A handle claims ahead only as many jobs as its
+    workers start within about ``_AHEAD_WINDOW`` seconds at their recent pace: none for
+    slow jobs (another replica may be idle), up to ``_AHEAD_PER_WORKER`` per worker for
+    short ones, so a store call carries many jobs instead of one per worker.
+    """
 
     def __init__(self, sidecar: Sidecar[Any]) -> None:
         self.sidecar = sidecar
         self.handle = sidecar.handle
-        self.idle = sidecar.settings.concurrency
+        concurrency = sidecar.settings.concurrency
+        self.idle = concurrency
+        self.cap = concurrency * _AHEAD_PER_WORKER
+        self.pace = 0.0  # recent seconds per job (moving average); 0 until measured
         send: MemoryObjectSendStream[ClaimedJob]
         receive: MemoryObjectReceiveStream[ClaimedJob]
-        send, receive = anyio.create_memory_object_stream(sidecar.settings.concurrency)
+        send, receive = anyio.create_memory_object_stream(concurrency + self.cap)
         self.send = send
         self.receive = receive
+
+    @property
+    def room(self) -> int:
+        """How many jobs to claim now: idle workers plus the jobs to hold ahead."""
+        ahead = 0
+        if self.pace > 0:
+            concurrency = self.sidecar.settings.concurrency
+            ahead = min(self.cap, int(concurrency * _AHEAD_WINDOW / self.pace))
+        return self.idle + ahead
+
+    def ran(self, seconds: float) -> None:
+        self.pace = seconds if self.pace == 0 else 0.8 * self.pace + 0.2 * seconds
 
 
 class _Finishing:
@@ -265,7 +294,7 @@ class DeferredConsumer:
         store = self.store
         # A fresh event before looking, so a wake-up that arrives meanwhile is kept.
         self._wake = anyio.Event()
-        claims = [(h, p.idle) for h, p in self.pools.items() if p.idle > 0]
+        claims = [(h, room) for h, p in self.pools.items() if (room := p.room) > 0]
         if not claims:
             return None
         if look_first:
@@ -280,7 +309,7 @@ class DeferredConsumer:
             for handle, want in claims:
                 self.pools[handle].idle += want
         self._hand_out(jobs)
-        free = [p.handle for p in self.pools.values() if p.idle > 0]
+        free = [p.handle for p in self.pools.values() if p.room > 0]
         return await store.next_wakeup(free) if free else None
 
     def _hand_out(self, jobs: list[ClaimedJob]) -> None:
@@ -337,10 +366,12 @@ class DeferredConsumer:
                         return
                 except anyio.EndOfStream:
                     return
+                started = time.monotonic()
                 try:
                     with busy(self.runner.clock):
                         await self._run(pool, job)
                 finally:
+                    pool.ran(time.monotonic() - started)
                     pool.idle += 1
                     self.wake()
         finally:
@@ -528,7 +559,7 @@ class DeferredConsumer:
     async def _store_batch(self, results: list[Finish]) -> set[UUID]:
         if self._stopping:
             return await self.store.finish(results)
-        claims = [(h, p.idle) for h, p in self.pools.items() if p.idle > 0]
+        claims = [(h, room) for h, p in self.pools.items() if (room := p.room) > 0]
         if not claims:
             return await self.store.finish(results)
         for handle, want in claims:

@@ -381,3 +381,32 @@ class TestPruning:
         (c,) = await store.claim(["h"], 1, now=NOW, lease=LEASE)
         await store.finish([ok(c.id, c.token, at=NOW)])
         assert await store.prune_jobs() == 1  # NOW is in 2023, long past 7 days
+
+
+class TestLostClaimAnswers:
+    async def test_jobs_of_a_claim_whose_answer_was_lost_are_given_back(
+        self, make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A claim that committed but whose answer never arrived (the connection failed)
+        leaves its jobs running under an unknown token; the next claim gives them back
+        (the attempt not counted) and they are claimed again at once, not after the lease."""
+        store = make_store()
+        jobs = [new_job("h") for _ in range(3)]
+        await store.enqueue(jobs)
+        real_fetch = store._fetch
+
+        async def answer_lost(what: str, sql: str, *args: Any) -> list[Any]:
+            await real_fetch(what, sql, *args)  # committed on the server...
+            raise StoreUnavailable("connection lost")  # ...but the answer is gone
+
+        monkeypatch.setattr(store, "_fetch", answer_lost)
+        with pytest.raises(StoreUnavailable):
+            await store.claim(["h"], 10, now=NOW, lease=300)
+        monkeypatch.setattr(store, "_fetch", real_fetch)
+        info = await store.get_job(jobs[0].id)
+        assert info is not None
+        assert info.state is JobState.RUNNING  # what the lost claim did
+        again = await store.claim(["h"], 10, now=NOW + 1, lease=300)  # long before expiry
+        assert sorted(j.id for j in again) == sorted(j.id for j in jobs)
+        assert all(j.attempt == 1 for j in again)
+        assert await store.claim(["h"], 10, now=NOW + 2, lease=300) == []

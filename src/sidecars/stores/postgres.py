@@ -218,6 +218,9 @@ rel AS (
 {_NOTIFY_HANDLES.format(source="rel")}"""
         self.release = release.format(only="AND j.key IS NULL")
         self.release_one = release.format(only="")
+        self.held_by_tokens = f"""
+SELECT id, token FROM {s}.jobs WHERE state = 'running' AND token = ANY($1::text[])
+"""
         self.held_keyed = f"""
 SELECT j.id, j.token FROM {s}.jobs AS j
 JOIN unnest($1::uuid[], $2::text[]) AS l(id, token) ON j.id = l.id AND j.token = l.token
@@ -445,6 +448,9 @@ class PostgresStore:
         self._user_pool = pool
         self._pool: asyncpg.Pool | None = pool
         self._migrated = False
+        # Tokens of claims whose answer was lost (the connection failed): their jobs may be
+        # running under a lease nobody holds; the next claim gives them back first.
+        self._lost_claims: list[str] = []
         self._open_lock = anyio.Lock()
         self._enqueue_lock = anyio.Lock()
         self._pending: _Batch | None = None
@@ -889,21 +895,42 @@ class PostgresStore:
         """
         if not handles or limit <= 0:
             return []
+        if self._lost_claims:
+            await self._release_lost_claims(now)
         names = list(dict.fromkeys(handles))
         token = uuid4().hex
         until = now + lease
-        rows = await self._fetch(
-            "claim",
-            self._sql.claim,
-            names,
-            now,
-            limit,
-            token,
-            until,
-            Outcome.LEASE_LOST.value,
-            LEASE_LOST_ERROR,
-        )
+        try:
+            rows = await self._fetch(
+                "claim",
+                self._sql.claim,
+                names,
+                now,
+                limit,
+                token,
+                until,
+                Outcome.LEASE_LOST.value,
+                LEASE_LOST_ERROR,
+            )
+        except StoreUnavailable:
+            # The claim may have committed before the connection failed.
+            self._lost_claims = [*self._lost_claims[-99:], token]
+            raise
         return claimed_jobs(rows, token=token, until=until)
+
+    async def _release_lost_claims(self, now: float) -> None:
+        """Give back the jobs of claims whose answer never arrived, without counting the
+        attempt, instead of leaving them until their leases expire."""
+        tokens = list(self._lost_claims)
+        try:
+            rows = await self._read(self._sql.held_by_tokens, tokens)
+            if rows:
+                await self.release([Lease(id=row[0], token=row[1]) for row in rows], now=now)
+        except StoreUnavailable:
+            return  # still unreachable: the next claim tries again
+        if rows:
+            log.info("sidecars: gave back %d job(s) of a claim whose answer was lost", len(rows))
+        self._lost_claims = [t for t in self._lost_claims if t not in tokens]
 
     async def renew(self, leases: Sequence[Lease], *, now: float, lease: float) -> set[UUID]:
         """Extend held leases to ``now + lease``; return the ids still held."""
