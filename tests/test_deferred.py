@@ -493,3 +493,30 @@ async def test_errors_from_the_run_body_are_not_wrapped(store: Store) -> None:
     with pytest.raises(KeyError, match="mine"):
         async with sc.run():
             raise KeyError("mine")
+
+
+def test_claims_ahead_only_for_short_jobs() -> None:
+    """A handle claims ahead only what its workers start within about 50 ms at their recent
+    pace: nothing before a job has run or for slow jobs, at most 4 per worker."""
+    from sidecars._deferred import _Pool
+
+    sc = Sidecars(MemoryStore())
+
+    @sc.sidecar(handle="two", run_type=RunType.DEFERRED, concurrency=2)
+    async def two(job: JobContext[Task]) -> None: ...
+
+    pool = _Pool(two)
+    assert pool.room == 2  # no pace yet: idle workers only
+    pool.ran(1.0)
+    assert pool.room == 2  # one-second jobs: nothing ahead
+    pool.ran(0.02)  # the pace moves towards 20 ms jobs, but stays above 50 ms
+    assert pool.pace == pytest.approx(0.8 * 1.0 + 0.2 * 0.02)
+    assert pool.room == 2
+    pool.pace = 0.025
+    assert pool.room == 2 + 4  # 2 workers x 50 ms / 25 ms
+    for _ in range(60):
+        pool.ran(0.0001)
+    assert pool.pace < 0.001
+    assert pool.room == 2 + 8  # capped at 4 per worker
+    pool.idle = -8  # all held: nothing more to claim
+    assert pool.room == 0
