@@ -506,6 +506,8 @@ def test_claims_ahead_only_for_short_jobs() -> None:
     async def two(job: JobContext[Task]) -> None: ...
 
     pool = _Pool(two)
+    pool.send.close()  # its queue is not used here
+    pool.receive.close()
     assert pool.room == 2  # no pace yet: idle workers only
     pool.ran(1.0)
     assert pool.room == 2  # one-second jobs: nothing ahead
