@@ -40,6 +40,7 @@ from pydantic import BaseModel  # noqa: E402
 from sidecars import JobContext, RunType, Sidecars  # noqa: E402
 
 REPEATS = 3  # medians of three, as the targets in issue 9 are stated
+CHILD_LIMIT = 1200  # seconds one comparison may take before it is reported as timed out
 
 
 class Payload(BaseModel):
@@ -650,7 +651,8 @@ def run_postgres(scale: float) -> dict[str, Any]:
             system: str, probe: Callable[[str, int], Any], note: str
         ) -> Callable[[], list[Row]]:
             def measure() -> list[Row]:
-                p50, p99 = asyncio.run(probe(dsn, samples))
+                # Bounded: a peer that hangs on shutdown must not stop the table.
+                p50, p99 = asyncio.run(asyncio.wait_for(probe(dsn, samples), 180))
                 return [
                     row("postgres", system, "enqueue->start p50", p50, note),
                     row("postgres", system, "enqueue->start p99", p99),
@@ -873,11 +875,16 @@ def main() -> None:
     profile = ""
     details: list[str] = []
     for name in args.only.split(","):
-        result = subprocess.run(
-            [sys.executable, __file__, "--child", name, "--scale", str(args.scale)],
-            capture_output=True,
-            text=True,
-        )
+        try:
+            result = subprocess.run(
+                [sys.executable, __file__, "--child", name, "--scale", str(args.scale)],
+                capture_output=True,
+                text=True,
+                timeout=CHILD_LIMIT,
+            )
+        except subprocess.TimeoutExpired:
+            rows.append(not_run(name, "all", "-", f"timed out after {CHILD_LIMIT} s"))
+            continue
         if result.returncode != 0:
             tail = result.stderr.strip().splitlines()[-1:] or ["?"]
             rows.append(not_run(name, "all", "-", f"comparison crashed: {tail[0][:100]}"))

@@ -74,6 +74,18 @@ WHERE x IS NOT NULL
 """
 
 
+_COPY_COLUMNS = (
+    "id",
+    "handle",
+    "state",
+    "payload",
+    "attempts",
+    "max_attempts",
+    "run_at",
+    "created_at",
+)
+
+
 class _Sql:
     """Every statement of the store, formatted once with its quoted schema name."""
 
@@ -807,6 +819,29 @@ class PostgresStore:
 
     async def _copy(self, conn: asyncpg.Connection, jobs: Sequence[NewJob]) -> list[JobRef]:
         plan = KeyPlan(jobs)
+        if all(job.key is None for job in plan.unique):
+            # Fresh ids, no keys: COPY straight into the table. Only a retried batch (its
+            # ids already stored) conflicts; then the staging path below skips those ids.
+            try:
+                async with conn.transaction():
+                    await conn.copy_records_to_table(
+                        "jobs",
+                        schema_name=self.schema,
+                        records=[
+                            (j.id, j.handle, "queued", j.payload, 0, j.max_attempts, j.run_at,
+                             j.created_at)
+                            for j in plan.unique
+                        ],
+                        columns=_COPY_COLUMNS,
+                    )  # fmt: skip
+                    handles = "\n".join(sorted({job.handle for job in plan.unique}))
+                    if len(handles.encode()) >= _MAX_NOTIFY_PAYLOAD:
+                        handles = ""  # too long for a notification: "every handle"
+                    await conn.execute("SELECT pg_notify($1, $2)", self.channel, handles)
+            except asyncpg.UniqueViolationError:
+                pass
+            else:
+                return plan.refs([(job.id, True) for job in plan.unique])
         records = [
             (
                 job.id,
@@ -999,6 +1034,10 @@ class PostgresStore:
         as :meth:`finish` does.
         """
         claimed: list[ClaimedJob] = []
+        if not results:
+            for handle, limit in claims:
+                claimed += await self.claim([handle], limit, now=now, lease=lease)
+            return set(), claimed
 
         async def claim_all() -> None:
             try:
