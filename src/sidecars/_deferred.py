@@ -304,7 +304,7 @@ class DeferredConsumer:
         for handle, want in claims:
             self.pools[handle].idle -= want  # reserved while the claim is in flight
         try:
-            _, jobs = await store.finish_and_claim([], claims, now=clock.time(), lease=self.lease)
+            _, jobs = await _finish_and_claim(store, [], claims, clock.time(), self.lease)
         finally:
             for handle, want in claims:
                 self.pools[handle].idle += want
@@ -565,8 +565,8 @@ class DeferredConsumer:
         for handle, want in claims:
             self.pools[handle].idle -= want  # reserved while the call is in flight
         try:
-            applied, jobs = await self.store.finish_and_claim(
-                results, claims, now=self.runner.clock.time(), lease=self.lease
+            applied, jobs = await _finish_and_claim(
+                self.store, results, claims, self.runner.clock.time(), self.lease
             )
         finally:
             for handle, want in claims:
@@ -577,6 +577,27 @@ class DeferredConsumer:
             # plans when to look next.
             self.wake()
         return applied
+
+
+async def _finish_and_claim(
+    store: Store,
+    results: list[Finish],
+    claims: list[tuple[str, int]],
+    now: float,
+    lease: float,
+) -> tuple[set[UUID], list[ClaimedJob]]:
+    """``store.finish_and_claim``, or its two halves for a store written before it existed."""
+    combined = getattr(store, "finish_and_claim", None)
+    if combined is not None:
+        answer: tuple[set[UUID], list[ClaimedJob]] = await combined(
+            results, claims, now=now, lease=lease
+        )
+        return answer
+    applied = await store.finish(results) if results else set()
+    jobs: list[ClaimedJob] = []
+    for handle, limit in claims:
+        jobs += await store.claim([handle], limit, now=now, lease=lease)
+    return applied, jobs
 
 
 def _result(
