@@ -497,7 +497,7 @@ async def test_errors_from_the_run_body_are_not_wrapped(store: Store) -> None:
 
 def test_claims_ahead_only_for_short_jobs() -> None:
     """A handle claims ahead only what its workers start within about 50 ms at their recent
-    pace: nothing before a job has run or for slow jobs, at most 4 per worker."""
+    pace: nothing before a job has run or for slow jobs, at most 8 per worker."""
     from sidecars._deferred import _Pool
 
     sc = Sidecars(MemoryStore())
@@ -519,6 +519,6 @@ def test_claims_ahead_only_for_short_jobs() -> None:
     for _ in range(60):
         pool.ran(0.0001)
     assert pool.pace < 0.001
-    assert pool.room == 2 + 8  # capped at 4 per worker
-    pool.idle = -8  # all held: nothing more to claim
+    assert pool.room == 2 + 16  # capped at 8 per worker
+    pool.idle = -16  # all held: nothing more to claim
     assert pool.room == 0

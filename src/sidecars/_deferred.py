@@ -41,7 +41,7 @@ _FINISH_TRIES = 5
 
 # Claiming ahead (see _Pool): the time window, and the most jobs held per worker.
 _AHEAD_WINDOW = 0.05
-_AHEAD_PER_WORKER = 4
+_AHEAD_PER_WORKER = 8
 
 
 class _Held:
