@@ -234,3 +234,16 @@ def test_lifespan_can_make_the_app_enqueue_only(tmp_path: Path) -> None:
         assert sc._runner.deferred is None  # nothing consumes here
     assert ran == []
     assert job_id
+
+
+async def test_a_second_run_of_a_running_instance_says_what_to_do() -> None:
+    """Starting a Sidecars that already runs (a TestClient's lifespan inside the harness's
+    run) raises an error that says why and what to use instead."""
+    from sidecars import SidecarsError
+
+    sc = Sidecars()
+    async with sc.run():
+        with pytest.raises(SidecarsError, match=r"already running.*httpx\.ASGITransport"):
+            async with sc.run():
+                pass
+        assert sc.is_running

@@ -78,7 +78,8 @@ class Sidecars:
             least each sidecar's ``misfire_grace`` plus ``lease``, or a late replica could
             fire an instant again.
         job_retention: how long finished (succeeded, failed, cancelled) DEFERRED jobs are
-            kept before the runner deletes them (default 7 days; checked hourly).
+            kept before the runner deletes them (default 7 days; checked every seventh of
+            that, between an hour and a day).
     """
 
     def __init__(
@@ -346,7 +347,12 @@ class Sidecars:
                 enqueue-only), else True. MEMORY jobs always run where they are sent.
         """
         if self._runner is not None:
-            raise InvalidDeclaration("Sidecars: this instance is already running")
+            raise SidecarsError(
+                "Sidecars: this instance is already running (one Sidecars object runs once "
+                "at a time); in a test that runs it with sidecars_harness.run(sc), call the "
+                "app without its lifespan, through httpx.ASGITransport, instead of "
+                "TestClient(app), which would start the lifespan and run it again"
+            )
         if store is not None:
             if self._store_open:
                 await self.aclose()

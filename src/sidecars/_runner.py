@@ -31,7 +31,12 @@ __all__ = ("Runner",)
 
 log = logging.getLogger("sidecars")
 
-_PRUNE_JOBS_EVERY = 3600.0
+
+def _prune_every(retention: float) -> float:
+    """How often finished jobs are pruned: a seventh of the retention, between an hour and
+    a day (daily for the default week), so a job goes within 1/7 of the retention after it
+    is due to, and a fake clock moving over months stops rarely."""
+    return min(86_400.0, max(3_600.0, retention / 7))
 
 
 class Runner:
@@ -196,7 +201,8 @@ class Runner:
             raise body_error
 
     async def _prune_jobs(self) -> None:
-        """Delete finished jobs older than the app's job_retention, hourly, in batches."""
+        """Delete finished jobs older than the app's job_retention, in batches, every
+        seventh of the retention (an hour to a day)."""
         assert self.deferred is not None
         store: Any = self.deferred.store
         retention = self.app.job_retention
@@ -205,7 +211,7 @@ class Runner:
                 removed = await store.prune_jobs(before=self.clock.time() - retention)
             if removed:
                 log.info("sidecars: pruned %d finished job(s)", removed)
-            await self.clock.sleep_until(self.clock.time() + _PRUNE_JOBS_EVERY)
+            await self.clock.sleep_until(self.clock.time() + _prune_every(retention))
 
     async def _shutdown(self, tg: anyio.abc.TaskGroup) -> None:
         self.accepting = False

@@ -208,6 +208,7 @@ def memory_profile(n: int) -> str:
     prof.disable()
     out = io.StringIO()
     stats = pstats.Stats(prof, stream=out)
+    stats.strip_dirs()  # file names only: the table reads the same on every machine
     stats.sort_stats("tottime").print_stats(14)
     lines = [ln for ln in out.getvalue().splitlines() if ln.strip()]
     start = next(i for i, ln in enumerate(lines) if ln.lstrip().startswith("ncalls"))
@@ -699,7 +700,7 @@ def run_cron(scale: float) -> dict[str, Any]:
                 {
                     "croniter": "repeat/croniter",
                     "cronsim": "repeat/cronsim-it",
-                    "cronsim, new per start": "repeat/cronsim-new",
+                    "cronsim (new iterator per start)": "repeat/cronsim-new",
                 },
             ),
         ):
@@ -865,16 +866,24 @@ def versions() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the job counts")
-    parser.add_argument("--only", default=",".join(COMPARISONS), help="comma-separated")
+    parser.add_argument(
+        "--only",
+        default=",".join(COMPARISONS),
+        help=f"comma-separated comparisons to run, of: {', '.join(COMPARISONS)} (default: all)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    args, _ = parser.parse_known_args()  # nox passes its posargs to every bench script
+    args = parser.parse_args()
+    chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in COMPARISONS]
+    if unknown:
+        parser.error(f"unknown comparison {unknown[0]!r}; choose from {', '.join(COMPARISONS)}")
     if args.child:
         print(json.dumps(COMPARISONS[args.child](args.scale)))
         return
     rows: list[Row] = []
     profile = ""
     details: list[str] = []
-    for name in args.only.split(","):
+    for name in chosen:
         try:
             result = subprocess.run(
                 [sys.executable, __file__, "--child", name, "--scale", str(args.scale)],
@@ -896,7 +905,11 @@ def main() -> None:
         if out.get("detail"):
             details.append(out["detail"])
     print(versions())
-    print(f"scale {args.scale}; medians of {REPEATS} for memory, one run for the stores")
+    print(
+        f"scale {args.scale}; comparisons: {', '.join(chosen)}"
+        + (f"; memory: medians of {REPEATS}" if "memory" in chosen else "")
+        + ("; the stores: one run each" if {"sqlite", "postgres"} & set(chosen) else "")
+    )
     print()
     print(table(rows))
     for detail in details:

@@ -506,3 +506,11 @@ class TestNextWakeupReuse:
         finally:
             await store.close()
             await other.close()
+
+
+async def test_a_missing_folder_is_named_in_the_error(tmp_path: Path) -> None:
+    """A store whose folder does not exist says so, naming the folder."""
+    store = SQLiteStore(tmp_path / "nowhere" / "jobs.db")
+    with pytest.raises(StoreUnavailable, match=r"its folder .*nowhere.* does not exist"):
+        await store.open()
+    await store.close()

@@ -233,7 +233,8 @@ class Store(Protocol):
     - ``async def prune_jobs(self, *, before: float) -> int``: delete finished jobs
       (succeeded, failed, cancelled) whose ``finished_at`` is before ``before`` (epoch
       seconds), in batches of at most a thousand rows per transaction, and return how
-      many. A runner that consumes DEFERRED work calls it hourly with its clock's time
+      many. A runner that consumes DEFERRED work calls it regularly (every seventh of the
+      retention, an hour to a day) with its clock's time
       minus the app's ``job_retention``; ``sidecars jobs purge`` calls it too. A store may
       give ``before`` a default (the PostgreSQL store's is its ``retention``).
     """

@@ -1156,7 +1156,8 @@ class PostgresStore:
 
         Rows go in batches of a thousand, each its own short transaction; batches already
         committed stay deleted if the call is cancelled. A running consuming runner calls
-        this hourly with its own clock and the app's ``job_retention``.
+        this regularly (every seventh of the retention, an hour to a day) with its own clock
+        and the app's ``job_retention``.
 
         Args:
             before: epoch seconds; by default, this host's wall clock minus ``retention``

@@ -425,6 +425,12 @@ class SQLiteStore:
             thread = _worker_thread(conn)
             if thread is not None:
                 await anyio.to_thread.run_sync(thread.join, 5.0)
+            folder = _missing_folder(self.path)
+            if folder is not None:
+                raise StoreUnavailable(
+                    f"cannot open SQLite store {self.path!r}: its folder {folder!r} does not "
+                    "exist (sidecars creates the file, not the folder)"
+                ) from exc
             raise StoreUnavailable(f"cannot open SQLite store {self.path!r}: {exc}") from exc
         try:
             rows = await self._retry_busy(
@@ -1068,6 +1074,14 @@ def _finish_rows(db: sqlite3.Connection, data: str, results: Sequence[Finish]) -
     if len(rows) < len(results) and any(r.state is JobState.QUEUED for r in results):
         rows += _fetchall(db, _SUPERSEDE_FINISH, (SUPERSEDED_ERROR, data))
     return rows
+
+
+def _missing_folder(path: str) -> str | None:
+    """The folder of a file path when it does not exist (None for URIs and when it does)."""
+    if path.startswith("file:") or path == ":memory:":
+        return None
+    folder = os.path.dirname(os.path.abspath(path))
+    return None if os.path.isdir(folder) else folder
 
 
 def _fetchall(db: sqlite3.Connection, sql: str, params: Any = ()) -> list[Any]:
