@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pytest
-from pydantic import AwareDatetime, BaseModel
+from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from sidecars import PayloadError
 from sidecars._payloads import PayloadCodec
@@ -94,3 +94,51 @@ def test_decode_reports_payloads_that_no_longer_validate() -> None:
     """Stored JSON that no longer fits the model raises PayloadError with the field."""
     with pytest.raises(PayloadError, match=r"'orders'.*id:"):
         CODEC.decode('{"id": "not a number"}')
+
+
+class _Entity(BaseModel):
+    """A model whose equality compares only its id, as entity models often do."""
+
+    id: int
+    data: Any = None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Entity) and other.id == self.id
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (float("nan"), "NaN or Infinity"),
+        (float("inf"), "NaN or Infinity"),
+        ((1, 2), "comes back from JSON"),
+        ({"x"}, "comes back from JSON"),
+        (b"raw", "raw bytes"),
+        ("a\x00b", "NUL character"),
+    ],
+)
+def test_a_models_own_equality_never_hides_a_change(value: object, reason: str) -> None:
+    """Values that change in JSON are refused even when the model's __eq__ would call the
+    copy equal (the check compares plain dumped data), and so are NUL characters."""
+    codec = PayloadCodec("entity", _Entity)
+    with pytest.raises(PayloadError, match=reason):
+        codec.encode(_Entity(id=1, data=value))
+    text, copy = codec.encode(_Entity(id=1, data={"ok": [1, 2.5, "NaN as a word"]}))
+    assert copy.data == {"ok": [1, 2.5, "NaN as a word"]}
+    assert text == '{"id":1,"data":{"ok":[1,2.5,"NaN as a word"]}}'
+
+
+def test_infinity_serialized_as_a_string_is_still_refused() -> None:
+    """A model that dumps non-finite floats as strings still cannot send them."""
+
+    class Loose(BaseModel):
+        model_config = ConfigDict(ser_json_inf_nan="strings")
+        x: float
+
+    codec = PayloadCodec("loose", Loose)
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        with pytest.raises(PayloadError, match=r"x: .* is not allowed"):
+            codec.encode(Loose(x=bad))
+    assert codec.encode(Loose(x=1.5))[0] == '{"x":1.5}'

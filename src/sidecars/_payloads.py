@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError
 
 from .exceptions import InvalidDeclaration, PayloadError
@@ -81,10 +81,29 @@ def _find_unencodable(value: Any, path: tuple[int | str, ...]) -> tuple[str, str
     return None
 
 
+def _find_nul(value: Any, path: tuple[int | str, ...]) -> str | None:
+    """The path of the first string (or key) holding a NUL character, or None."""
+    if isinstance(value, str):
+        return _loc(path) if "\x00" in value else None
+    items: Any = ()
+    if isinstance(value, Mapping):
+        for key in value:
+            if isinstance(key, str) and "\x00" in key:
+                return _loc((*path, key))
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    for key, item in items:
+        found = _find_nul(item, (*path, key))
+        if found is not None:
+            return found
+    return None
+
+
 class PayloadCodec:
     """Validates, encodes and decodes the payloads of one sidecar."""
 
-    __slots__ = ("_adapter", "_plain_models", "handle", "payload_type")
+    __slots__ = ("_adapter", "handle", "payload_type")
 
     def __init__(self, handle: str, payload_type: Any) -> None:
         self.handle = handle
@@ -96,17 +115,6 @@ class PayloadCodec:
                 f"sidecar {handle!r}: field 'payload': pydantic cannot handle the payload type "
                 f"{payload_type!r}: {exc}"
             ) from exc
-
-        # Model classes whose equality is pydantic's own (fields, extra, private), so
-        # comparing those three directly means the same.
-        self._plain_models: frozenset[type] = frozenset(
-            [payload_type]
-            if isinstance(payload_type, type)
-            and issubclass(payload_type, BaseModel)
-            and payload_type.__eq__ is BaseModel.__eq__
-            and not payload_type.__pydantic_generic_metadata__["origin"]
-            else []
-        )
 
     def _errors(self, exc: ValidationError) -> PayloadError:
         return PayloadError(self.handle, [(_loc(err["loc"]), err["msg"]) for err in exc.errors()])
@@ -122,21 +130,20 @@ class PayloadCodec:
             validated = adapter.validate_python(value)
         except ValidationError as exc:
             raise self._errors(exc) from None
-        # The common case costs three pydantic calls and one comparison: the copy read back
-        # from the JSON equals what was validated. NaN never equals itself, so a
-        # non-finite float always takes the careful path below, as does anything else
-        # that fails or changes on the way.
+        # The common case: the plain data dumped from the copy read back from the JSON equals
+        # the plain data dumped from what was validated (builtin values compared, never a
+        # model's own __eq__). A non-finite float either changes on the way (to null, or
+        # to a NaN that equals nothing) or shows in the text as NaN/Infinity; a NUL shows
+        # as \u0000. Those, and anything that fails or changes, take the careful path,
+        # which finds the field and says why.
         try:
             text = adapter.dump_json(validated).decode()
             copy = adapter.validate_json(text)
-            kind = type(copy)
-            if kind is type(validated) and (
-                # A model's own __eq__ does more work than it needs to here.
-                copy.__dict__ == validated.__dict__
-                and copy.__pydantic_extra__ == validated.__pydantic_extra__
-                and copy.__pydantic_private__ == validated.__pydantic_private__
-                if kind in self._plain_models
-                else copy == validated
+            if (
+                "NaN" not in text
+                and "Infinity" not in text
+                and "\\u0000" not in text
+                and adapter.dump_python(copy) == adapter.dump_python(validated)
             ):
                 return text, copy
         except (PydanticSerializationError, ValidationError, UnicodeDecodeError):
@@ -150,6 +157,12 @@ class PayloadCodec:
         bad = _find_unencodable(before, ())
         if bad is not None:
             raise PayloadError(self.handle, [bad])
+        nul = _find_nul(before, ())
+        if nul is not None:
+            raise PayloadError(
+                self.handle,
+                [(nul, "a NUL character (\\u0000) cannot be stored (PostgreSQL refuses it)")],
+            )
         try:
             text = adapter.dump_json(validated).decode()
         except PydanticSerializationError as exc:
