@@ -522,3 +522,50 @@ def test_claims_ahead_only_for_short_jobs() -> None:
     assert pool.room == 2 + 16  # capped at 8 per worker
     pool.idle = -16  # all held: nothing more to claim
     assert pool.room == 0
+
+
+async def test_jobs_claimed_ahead_go_back_when_a_running_job_turns_slow(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Jobs held ahead behind a job that outlasts the claim-ahead window are given back
+    (queued again, no attempt counted), so another replica can take them."""
+    import sidecars._deferred as deferred
+
+    store = SQLiteStore(tmp_path / "ahead.db")
+    sc = Sidecars(store, poll_interval=0.05)
+    gate = anyio.Event()
+    started: list[int] = []
+
+    @sc.sidecar(handle="one", run_type=RunType.DEFERRED, concurrency=1)
+    async def one(job: JobContext[Task]) -> None:
+        started.append(job.payload.n)
+        if len(started) == 1:  # the first to start blocks the only worker
+            await gate.wait()
+
+    async with sc.run():
+        consumer = sc._runner.deferred  # type: ignore[union-attr]
+        assert consumer is not None
+        consumer.pools["one"].pace = 1e-6  # recent jobs were short: claim ahead
+        refs = await one.enqueue_many([Task(n=i) for i in range(6)])
+        with anyio.fail_after(5):
+            while not started:
+                await anyio.sleep(0.005)
+        waiting = [r for r in refs if r.id in consumer.held and r != refs[started[0]]]
+        assert waiting  # claimed ahead of the blocked job
+        monkeypatch.setattr(deferred, "_AHEAD_WINDOW", 0.0)  # the running job is now "slow"
+        with anyio.fail_after(5):
+            while any(r.id in consumer.held for r in waiting):
+                await anyio.sleep(0.01)
+        assert len(started) == 1
+        for ref in waiting:
+            info = await store.get_job(ref.id)
+            assert info is not None
+            assert (info.state, info.attempts) == (JobState.QUEUED, 0)
+        gate.set()
+        for ref in refs:
+            with anyio.fail_after(5):
+                while (info := await store.get_job(ref.id)) is None or (
+                    info.state is not JobState.SUCCEEDED
+                ):
+                    await anyio.sleep(0.01)
+    assert sorted(started) == list(range(6))

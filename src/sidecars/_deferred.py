@@ -76,6 +76,7 @@ class _Pool:
         self.idle = concurrency
         self.cap = concurrency * _AHEAD_PER_WORKER
         self.pace = 0.0  # recent seconds per job (moving average); 0 until measured
+        self.running: dict[UUID, float] = {}  # jobs in a worker: when they started
         send: MemoryObjectSendStream[ClaimedJob]
         receive: MemoryObjectReceiveStream[ClaimedJob]
         send, receive = anyio.create_memory_object_stream(concurrency + self.cap)
@@ -294,6 +295,7 @@ class DeferredConsumer:
         store = self.store
         # A fresh event before looking, so a wake-up that arrives meanwhile is kept.
         self._wake = anyio.Event()
+        await self._give_back_ahead()
         claims = [(h, room) for h, p in self.pools.items() if (room := p.room) > 0]
         if not claims:
             return None
@@ -311,6 +313,31 @@ class DeferredConsumer:
         self._hand_out(jobs)
         free = [p.handle for p in self.pools.values() if p.room > 0]
         return await store.next_wakeup(free) if free else None
+
+    async def _give_back_ahead(self) -> None:
+        """Give back jobs claimed ahead once a running job of their handle has outlasted the
+        window: the pace changed (short jobs, then slow ones), and another replica may be
+        idle. They are due again at once, their attempt not counted."""
+        now = time.monotonic()
+        leases: list[Lease] = []
+        for pool in self.pools.values():
+            if pool.idle >= 0 or not pool.running:
+                continue
+            longest = now - min(pool.running.values())
+            if longest <= _AHEAD_WINDOW:
+                continue
+            pool.pace = max(pool.pace, longest)  # claim nothing ahead until jobs are short
+            while pool.idle < 0:
+                try:
+                    job = pool.receive.receive_nowait()
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    break
+                self.held.pop(job.id, None)
+                leases.append(Lease(id=job.id, token=job.token))
+                pool.idle += 1
+        if leases:
+            log.debug("sidecars: gave back %d job(s) claimed ahead of slow ones", len(leases))
+            await self._release(leases)
 
     def _hand_out(self, jobs: list[ClaimedJob]) -> None:
         """Hold claimed jobs and queue them for their handles' workers."""
@@ -366,11 +393,12 @@ class DeferredConsumer:
                         return
                 except anyio.EndOfStream:
                     return
-                started = time.monotonic()
+                started = pool.running[job.id] = time.monotonic()
                 try:
                     with busy(self.runner.clock):
                         await self._run(pool, job)
                 finally:
+                    pool.running.pop(job.id, None)
                     pool.ran(time.monotonic() - started)
                     pool.idle += 1
                     self.wake()
@@ -408,9 +436,12 @@ class DeferredConsumer:
                 return
             with anyio.CancelScope() as scope:
                 held.scope = scope
-                if held.lost or held.cancelled:
-                    scope.cancel()
                 try:
+                    if held.lost or held.cancelled:
+                        # Cancelled, or its lease lost, while it waited for a worker (claimed
+                        # ahead): the handler is not started at all.
+                        scope.cancel()
+                        await anyio.lowlevel.checkpoint()
                     result = await self._execute(sidecar, payload, job)
                 except anyio.get_cancelled_exc_class():
                     if not (held.lost or held.cancelled):
@@ -596,7 +627,12 @@ async def _finish_and_claim(
     applied = await store.finish(results) if results else set()
     jobs: list[ClaimedJob] = []
     for handle, limit in claims:
-        jobs += await store.claim([handle], limit, now=now, lease=lease)
+        try:
+            jobs += await store.claim([handle], limit, now=now, lease=lease)
+        except Exception:  # noqa: PERF203 (one try per handle: a few)
+            if not jobs and not results:
+                raise
+            break  # keep what is stored and claimed; the claim loop tries again
     return applied, jobs
 
 

@@ -476,6 +476,7 @@ class TestNextWakeupReuse:
         path = tmp_path / "w.db"
         store = SQLiteStore(path)
         other = SQLiteStore(path)
+        monkeypatch.setattr(sqlite_module, "_WAKEUP_SETTLE", 0)  # files count as settled
         try:
             await other.enqueue([new_job("h", run_at=NOW + 50)])
             assert await store.next_wakeup(["h"]) == NOW + 50
@@ -503,6 +504,11 @@ class TestNextWakeupReuse:
             monkeypatch.setattr(sqlite_module, "_WAKEUP_REUSE", 0.0)
             assert await store.next_wakeup(["h"]) == NOW  # too old to reuse: read again
             assert reads == 4
+            monkeypatch.setattr(sqlite_module, "_WAKEUP_REUSE", 10.0)
+            monkeypatch.setattr(sqlite_module, "_WAKEUP_SETTLE", 60 * 10**9)
+            for _ in range(2):  # the file changed within the last minute: never reused
+                assert await store.next_wakeup(["h"]) == NOW
+            assert reads == 6
         finally:
             await store.close()
             await other.close()

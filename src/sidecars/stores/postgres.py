@@ -490,9 +490,13 @@ class PostgresStore:
     async def close(self) -> None:
         """Close the pool the store created (never one passed in). Safe to call again.
 
-        The store opens again if it is used after closing.
+        The store opens again if it is used after closing. Jobs of claims whose answer was
+        lost are given back first, if the server can be reached.
         """
         with anyio.CancelScope(shield=True):
+            if self._lost_claims and self._pool is not None:
+                with anyio.move_on_after(5):
+                    await self._release_lost_claims(time.time())
             async with self._open_lock:
                 pool = self._pool
                 self._migrated = False
@@ -1036,7 +1040,14 @@ class PostgresStore:
         claimed: list[ClaimedJob] = []
         if not results:
             for handle, limit in claims:
-                claimed += await self.claim([handle], limit, now=now, lease=lease)
+                try:
+                    claimed += await self.claim([handle], limit, now=now, lease=lease)
+                except StoreUnavailable:  # noqa: PERF203 (one per handle: a few)
+                    if not claimed:
+                        raise
+                    # Keep what was claimed for the other handles: it is committed.
+                    log.warning("sidecars: a claim failed; claiming again later")
+                    break
             return set(), claimed
 
         async def claim_all() -> None:

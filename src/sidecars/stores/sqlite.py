@@ -221,6 +221,8 @@ RETURNING id
 
 # How long a next_wakeup answer may be reused while the files look unchanged (seconds).
 _WAKEUP_REUSE = 10.0
+# Files modified less than this long ago (nanoseconds) are not trusted to be settled.
+_WAKEUP_SETTLE = 500_000_000
 
 _NEXT_WAKEUP = """
 SELECT min(t) FROM (
@@ -375,7 +377,9 @@ class SQLiteStore:
         self._pending: _Batch | None = None
         self._writes = 0  # write transactions this process has committed or tried
         # next_wakeup answers, kept while neither this process nor any other wrote.
-        self._wakeups: dict[tuple[str, ...], tuple[object, int, float, float | None]] = {}
+        self._wakeups: dict[
+            tuple[str, ...], tuple[tuple[tuple[int, int, int], ...], int, float, float | None]
+        ] = {}
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r}, synchronous={self.synchronous!r})"
@@ -798,6 +802,11 @@ class SQLiteStore:
         # leave both unchanged, so an answer is reused for at most _WAKEUP_REUSE seconds.
         key = tuple(names)
         files = self._file_state()
+        # A file written in the last moments may hold a commit this process cannot see
+        # yet (another process's WAL grows before its commit is visible): never reuse or
+        # keep an answer then.
+        if files is not None and time.time_ns() - max(m for _, _, m in files) < _WAKEUP_SETTLE:
+            files = None
         cached = self._wakeups.get(key)
         if (
             cached is not None
@@ -821,8 +830,8 @@ class SQLiteStore:
             self._wakeups[key] = (files, writes, time.monotonic(), answer)
         return answer
 
-    def _file_state(self) -> object:
-        """Size and modification time of the file and its WAL (None if unavailable)."""
+    def _file_state(self) -> tuple[tuple[int, int, int], ...] | None:
+        """Inode, size and modification time of the file and its WAL (None if unavailable)."""
         try:
             states = []
             for path in (self.path, self.path + "-wal"):
