@@ -315,16 +315,16 @@ class DeferredConsumer:
         return await store.next_wakeup(free) if free else None
 
     async def _give_back_ahead(self) -> None:
-        """Give back jobs claimed ahead once a running job of their handle has outlasted the
-        window: the pace changed (short jobs, then slow ones), and another replica may be
-        idle. They are due again at once, their attempt not counted."""
+        """Give back jobs claimed ahead once their handle's jobs are no longer short (one
+        running now has outlasted the window, or the recent pace has): another replica may
+        be idle. They are due again at once, their attempt not counted."""
         now = time.monotonic()
         leases: list[Lease] = []
         for pool in self.pools.values():
-            if pool.idle >= 0 or not pool.running:
+            if pool.idle >= 0:
                 continue
-            longest = now - min(pool.running.values())
-            if longest <= _AHEAD_WINDOW:
+            longest = now - min(pool.running.values(), default=now)
+            if max(longest, pool.pace) <= _AHEAD_WINDOW:
                 continue
             pool.pace = max(pool.pace, longest)  # claim nothing ahead until jobs are short
             while pool.idle < 0:
