@@ -303,14 +303,7 @@ class DeferredConsumer:
             due = await store.next_wakeup([h for h, _ in claims])
             if due is None or due > clock.time():
                 return due
-        for handle, want in claims:
-            self.pools[handle].idle -= want  # reserved while the claim is in flight
-        try:
-            _, jobs = await _finish_and_claim(store, [], claims, clock.time(), self.lease)
-        finally:
-            for handle, want in claims:
-                self.pools[handle].idle += want
-        self._hand_out(jobs)
+        await self._finish_and_claim([], claims)
         free = [p.handle for p in self.pools.values() if p.room > 0]
         return await store.next_wakeup(free) if free else None
 
@@ -593,8 +586,21 @@ class DeferredConsumer:
         claims = [(h, room) for h, p in self.pools.items() if (room := p.room) > 0]
         if not claims:
             return await self.store.finish(results)
+        applied, jobs = await self._finish_and_claim(results, claims)
+        if len(jobs) < sum(want for _, want in claims):
+            # Workers stay idle: the claim loop (which saw their slots reserved meanwhile)
+            # plans when to look next.
+            self.wake()
+        return applied
+
+    async def _finish_and_claim(
+        self, results: list[Finish], claims: list[tuple[str, int]]
+    ) -> tuple[set[UUID], list[ClaimedJob]]:
+        """Store results and claim, the claimed slots reserved while the call is in flight
+        (so the claim loop and the result writer never claim the same slots), then hand
+        the jobs out."""
         for handle, want in claims:
-            self.pools[handle].idle -= want  # reserved while the call is in flight
+            self.pools[handle].idle -= want
         try:
             applied, jobs = await _finish_and_claim(
                 self.store, results, claims, self.runner.clock.time(), self.lease
@@ -603,11 +609,7 @@ class DeferredConsumer:
             for handle, want in claims:
                 self.pools[handle].idle += want
         self._hand_out(jobs)
-        if len(jobs) < sum(want for _, want in claims):
-            # Workers stay idle: the claim loop (which saw their slots reserved meanwhile)
-            # plans when to look next.
-            self.wake()
-        return applied
+        return applied, jobs
 
 
 async def _finish_and_claim(

@@ -1038,31 +1038,33 @@ class PostgresStore:
         as :meth:`finish` does.
         """
         claimed: list[ClaimedJob] = []
-        if not results:
+
+        async def claim_all() -> None:
+            """Claim per handle into ``claimed``; a failure keeps what was claimed before it
+            (committed) and is raised only when nothing was."""
             for handle, limit in claims:
                 try:
-                    claimed += await self.claim([handle], limit, now=now, lease=lease)
+                    claimed.extend(await self.claim([handle], limit, now=now, lease=lease))
                 except StoreUnavailable:  # noqa: PERF203 (one per handle: a few)
                     if not claimed:
                         raise
-                    # Keep what was claimed for the other handles: it is committed.
                     log.warning("sidecars: a claim failed; claiming again later")
-                    break
+                    return
+
+        if not results:
+            await claim_all()
             return set(), claimed
 
-        async def claim_all() -> None:
-            try:
-                for handle, limit in claims:
-                    claimed.extend(await self.claim([handle], limit, now=now, lease=lease))
-            except StoreUnavailable:
-                log.warning("sidecars: a claim next to a finish failed; claiming again later")
+        async def claim_beside() -> None:
+            with contextlib.suppress(StoreUnavailable):  # the runner claims again later
+                await claim_all()
 
         failed: list[Exception] = []
         applied: set[UUID] = set()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(claim_all)
+            tg.start_soon(claim_beside)
             try:
-                applied = await self.finish(results) if results else set()
+                applied = await self.finish(results)
             except Exception as exc:
                 failed.append(exc)
         if failed:
